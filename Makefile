@@ -1,0 +1,35 @@
+# Every target installs what it needs first, so each works alone on a fresh clone.
+VENV := .venv
+BIN := $(VENV)/bin
+PYTHON ?= python3
+
+.PHONY: install train test tensorboard lint format bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --progress-bar off -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+## train with the defaults (add overrides with ARGS="key=value ...")
+train: install
+	$(BIN)/python -m src.train $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest $(ARGS)
+
+tensorboard: install
+	$(BIN)/tensorboard --logdir logs
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

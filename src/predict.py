@@ -1,0 +1,74 @@
+"""Classify images with a trained checkpoint: ``python -m src.predict ckpt_path=PATH image=PATH``.
+
+Prints the top classes of each image and saves it as a PNG titled with the prediction. Needs no
+data set: class names and preprocessing come from the checkpoint.
+"""
+
+import json
+from pathlib import Path
+
+import hydra
+import torch
+from matplotlib.figure import Figure
+from omegaconf import DictConfig
+from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from src.data.transforms import eval_transform
+from src.models.classifier import load_classifier
+
+
+def find_images(path: str | Path) -> list[Path]:
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"image={path}: no such file or folder")
+    images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+    if not images:
+        raise FileNotFoundError(f"image={path}: the folder holds no images ({IMG_EXTENSIONS})")
+    return images
+
+
+def save_figure(image: Image.Image, title: str, path: Path) -> None:
+    fig = Figure(figsize=(4, 4.4))
+    ax = fig.subplots()
+    ax.imshow(image)
+    ax.set_title(title)
+    ax.axis("off")
+    fig.savefig(path, bbox_inches="tight", dpi=100)
+
+
+@torch.inference_mode()
+def predict(cfg: DictConfig) -> list[dict]:
+    """Top-k predictions per image; also written to ``predictions.json`` in the output folder."""
+    model, checkpoint = load_classifier(cfg.ckpt_path)
+    data = checkpoint["datamodule_hyper_parameters"]
+    transform = eval_transform(data["resize_size"], data["crop_size"], data["mean"], data["std"])
+    names = model.class_names
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for path in find_images(cfg.image):
+        image = Image.open(path).convert("RGB")
+        probs = model(transform(image).unsqueeze(0)).softmax(-1)[0]
+        top = probs.topk(min(cfg.top_k, len(names)))
+        ranked = [(names[i], float(p)) for p, i in zip(top.values, top.indices, strict=True)]
+        png = out / f"{path.stem}_prediction.png"
+        save_figure(image, f"class: {ranked[0][0]}   prob: {ranked[0][1]:.3f}", png)
+        print(f"{path}")
+        for rank, (name, p) in enumerate(ranked, 1):
+            print(f"  {rank}. {name:<12} {p:.4f}")
+        results.append({"image": str(path), "top": ranked, "figure": str(png)})
+    (out / "predictions.json").write_text(json.dumps(results, indent=2))
+    print(f"figures and predictions.json in {out}")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Train a model, then test its best checkpoint: ``python -m src.train [overrides]``."""
+
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from src.data.datamodule import write_class_indices
+from src.utils import instantiate_all
+
+
+@rank_zero_only
+def print_summary(metrics: dict[str, float], trainer: L.Trainer, output_dir: Path) -> None:
+    ckpt = trainer.checkpoint_callback
+    lines = [
+        "",
+        f"best val/acc     {metrics.get('val/acc_best', float('nan')):.4f}",
+        f"test/acc         {metrics.get('test/acc', float('nan')):.4f}",
+        f"best checkpoint  {ckpt.best_model_path if ckpt else '-'}",
+        f"run directory    {output_dir}",
+        f"class indices    {output_dir / 'class_indices.json'}",
+        f"curves           tensorboard --logdir {output_dir}",
+    ]
+    print("\n".join(lines))
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit and test as the config says; returns every logged metric as a float."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+
+    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    classes = datamodule.classes
+    model: L.LightningModule = instantiate(cfg.model, class_names=classes)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=instantiate_all(cfg.get("callbacks")),
+        logger=instantiate_all(cfg.get("logger")),
+    )
+    if trainer.is_global_zero:
+        write_class_indices(classes, output_dir / "class_indices.json")
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    if cfg.get("train"):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test"):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
+    print_summary(metrics, trainer, output_dir)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric={name!r} was not logged; logged: {sorted(metrics)}")
+    return metrics[name]
+
+
+if __name__ == "__main__":
+    main()

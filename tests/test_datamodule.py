@@ -1,0 +1,90 @@
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from lightning import Trainer
+
+from src.data.datamodule import ImageFolderDataModule, MicrographDataModule, check_image_folder
+from src.data.micrographs import CLASSES
+
+
+def make_module(root: Path, **kwargs) -> ImageFolderDataModule:
+    sizes = {"resize_size": 72, "crop_size": 64, "batch_size": 4, "num_workers": 0}
+    return ImageFolderDataModule(root=str(root), **(sizes | kwargs))
+
+
+def test_micrograph_module_batches(tiny_root):
+    dm = MicrographDataModule(
+        root=str(tiny_root), train_per_class=2, val_per_class=1, test_per_class=1,
+        image_size=72, resize_size=72, crop_size=64, batch_size=4, num_workers=0,
+    )  # fmt: skip
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.classes == list(CLASSES)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 3, 64, 64) and x.dtype == torch.float32
+    assert y.max() < 14
+    assert len(dm.datasets["train"]) == 28 and len(dm.datasets["val"]) == 14
+
+
+def test_augmentation_random_for_train_fixed_for_eval(tiny_root):
+    dm = make_module(tiny_root)
+    dm.setup("fit")
+    train, val = dm.datasets["train"], dm.datasets["val"]
+    torch.manual_seed(0)
+    crops = [train[0][0] for _ in range(8)]
+    assert any(not torch.equal(crops[0], c) for c in crops[1:])
+    assert torch.equal(val[0][0], val[0][0])
+
+
+def test_ten_crop_and_raw_scale_mean_subtraction(tiny_root):
+    dm = make_module(tiny_root, ten_crop=True, mean=[0.5] * 3, std=[1 / 255] * 3)
+    dm.setup("test")
+    x, _ = dm.datasets["test"][0]
+    assert x.shape == (10, 3, 64, 64)
+    assert torch.allclose(x[4].flip(-1), x[9])  # the centre crop and its mirror image
+    assert x.abs().max() > 100  # pixel scale, not 0-1
+
+
+def test_test_split_falls_back_to_val(tiny_root, tmp_path):
+    root = tmp_path / "no_test"
+    shutil.copytree(tiny_root / "train", root / "train")
+    shutil.copytree(tiny_root / "val", root / "val")
+    dm = make_module(root)
+    dm.setup("test")
+    assert Path(dm.datasets["test"].root).name == "val"
+
+
+def test_missing_root_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data=micrographs") as err:
+        check_image_folder(tmp_path / "nowhere")
+    assert str(tmp_path / "nowhere") in str(err.value)
+
+
+def test_class_mismatch_lists_the_difference(tiny_root, tmp_path):
+    root = tmp_path / "mismatch"
+    shutil.copytree(tiny_root, root)
+    (root / "val" / "6.5").rename(root / "val" / "6.0")
+    with pytest.raises(ValueError, match=r"only in train: \['6.5'\]; only in val: \['6.0'\]"):
+        check_image_folder(root)
+
+
+def test_empty_class_folder_is_named(tiny_root, tmp_path):
+    root = tmp_path / "empty"
+    shutil.copytree(tiny_root, root)
+    for f in (root / "train" / "9.0").iterdir():
+        f.unlink()
+    with pytest.raises(FileNotFoundError, match="has no images") as err:
+        check_image_folder(root)
+    assert str(root / "train" / "9.0") in str(err.value)
+
+
+def test_global_batch_must_divide_by_devices(tiny_root):
+    dm = make_module(tiny_root, batch_size=5)
+    dm.trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False)
+    with pytest.raises(ValueError, match=r"data.batch_size=5 .* 2 devices"):
+        dm.setup("fit")
+    dm.hparams.batch_size = 6
+    dm.setup("fit")
+    assert dm.batch_size_per_device == 3

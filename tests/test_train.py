@@ -1,0 +1,139 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from src.eval import evaluate
+from src.predict import predict
+from src.train import train
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_fast_dev_run(train_config):
+    cfg = train_config("debug=fdr")
+    metrics = train(cfg)
+    assert {"train/loss", "val/acc", "test/acc", "test/acc_top5"} <= set(metrics)
+    classes = json.loads((Path(cfg.paths.output_dir) / "class_indices.json").read_text())
+    assert classes["0"] == "6.5" and classes["13"] == "13.0"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_root):
+    """Two epochs of training on the tiny tree, shared by the tests below."""
+    from tests.conftest import TINY_DATA, compose_config
+
+    tmp = tmp_path_factory.mktemp("trained")
+    overrides = [f"data.{k}={v}" for k, v in TINY_DATA.items()] + [
+        f"data.root={tiny_root}", "data.resize_size=72", "data.crop_size=64",
+        "data.batch_size=8", "data.num_workers=0", "trainer.accelerator=cpu",
+        "trainer.max_epochs=2", "callbacks.progress_bar=null", f"paths.log_dir={tmp}/logs",
+    ]  # fmt: skip
+    cfg = compose_config("train", overrides, tmp / "run")
+    return cfg, train(cfg), overrides
+
+
+def test_training_logs_checkpoints_and_curves(trained):
+    cfg, metrics, _ = trained
+    run = Path(cfg.paths.output_dir)
+    names = {"train/loss", "train/acc", "train/error", "val/loss", "val/acc", "val/acc_top5"}
+    names |= {"val/acc_best", "test/loss", "test/acc", "test/acc_top5"}
+    assert names <= set(metrics)
+    curves = scalars(run)
+    assert len(curves["train/acc"]) == 2 and len(curves["val/acc"]) == 2
+    # the sanity check's batches never count towards the best validation accuracy
+    assert curves["val/acc_best"][-1] == pytest.approx(max(curves["val/acc"]))
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((run / "checkpoints").glob("epoch_*.ckpt"))) == 1
+    assert metrics["val/acc_best"] == pytest.approx(max(curves["val/acc"]))
+
+
+def test_eval_reproduces_the_test_accuracy(trained, tmp_path):
+    from tests.conftest import compose_config
+
+    cfg, metrics, overrides = trained
+    best = next((Path(cfg.paths.output_dir) / "checkpoints").glob("epoch_*.ckpt"))
+    data = [o for o in overrides if o.startswith("data.") or o.startswith("trainer.accel")]
+    eval_cfg = compose_config("eval", [*data, f"ckpt_path={best}"], tmp_path)
+    results = evaluate(eval_cfg)
+    assert results["test/acc"] == pytest.approx(metrics["test/acc"])
+    assert results["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)
+
+
+def test_resume_continues_at_the_next_epoch(trained, train_config):
+    cfg, _, _ = trained
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    before = torch.load(last, weights_only=False)
+    resumed = train_config(f"ckpt_path={last}", "trainer.max_epochs=3", "test=false")
+    train(resumed)
+    after = torch.load(
+        Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False
+    )
+    assert (before["epoch"], after["epoch"]) == (1, 2)
+    assert after["global_step"] == before["global_step"] * 3 // 2
+    assert len(scalars(Path(resumed.paths.output_dir))["train/acc"]) == 1
+
+
+def test_predict_prints_top5_and_saves_the_picture(trained, tiny_root, tmp_path, capsys):
+    from tests.conftest import compose_config
+
+    cfg, _, _ = trained
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    image = next((tiny_root / "val" / "8.0").iterdir())
+    pcfg = compose_config("predict", [f"ckpt_path={ckpt}", f"image={image}"], tmp_path)
+    (result,) = predict(pcfg)
+    out = capsys.readouterr().out
+    assert str(image) in out and out.count("\n  ") >= 5
+    assert len(result["top"]) == 5
+    assert sum(p for _, p in result["top"]) <= 1.0 + 1e-6
+    assert [p for _, p in result["top"]] == sorted((p for _, p in result["top"]), reverse=True)
+    with Image.open(result["figure"]) as png:
+        assert png.format == "PNG" and png.size[0] > 100
+    assert json.loads((tmp_path / "predictions.json").read_text())[0]["image"] == str(image)
+
+
+def test_predict_needs_a_real_checkpoint(tmp_path):
+    from tests.conftest import compose_config
+
+    pcfg = compose_config("predict", [f"ckpt_path={tmp_path}/x.ckpt", "image=."], tmp_path)
+    with pytest.raises(FileNotFoundError, match="x.ckpt' not found"):
+        predict(pcfg)
+
+
+def test_command_line_run_writes_a_run_directory(tiny_overrides, tmp_path):
+    """The real entry point: Hydra's own run directory, config and logs."""
+    result = subprocess.run(
+        [sys.executable, "-m", "src.train", "debug=limit", *tiny_overrides],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    assert (run / ".hydra" / "config.yaml").is_file()
+    assert (run / "class_indices.json").is_file()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert f"tensorboard --logdir {run.resolve()}" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("entry", "args"),
+    [("src.train", ["model=alexnet"]), ("src.eval", ["ckpt_path=x"]),
+     ("src.predict", ["ckpt_path=x", "image=y"])],
+)  # fmt: skip
+def test_entry_points_support_help_and_cfg(entry, args):
+    out = subprocess.run(
+        [sys.executable, "-m", entry, "--cfg", "job", *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "task_name:" in out.stdout
+    helped = subprocess.run([sys.executable, "-m", entry, "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and "Powered by Hydra" in helped.stdout
