@@ -1,10 +1,14 @@
 """Train a model, then test its best checkpoint: ``python -m src.train [overrides]``."""
 
+import multiprocessing
 from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -27,6 +31,27 @@ def print_summary(metrics: dict[str, float], trainer: L.Trainer, output_dir: Pat
     print("\n".join(lines))
 
 
+def check_launch(trainer: L.Trainer) -> None:
+    """Two traps of multiruns whose jobs start processes: Lightning's ddp starts its other
+    processes by re-running the command line, so each would repeat the whole sweep; and in a
+    joblib worker, new processes inherit a start method they cannot load."""
+    launcher = trainer.strategy.launcher
+    relaunches = isinstance(launcher, _SubprocessScriptLauncher) and (
+        not launcher.cluster_environment.creates_processes_externally
+    )
+    if relaunches and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise RuntimeError(
+            "trainer.strategy=ddp cannot run inside a multirun (-m or hparams_search): it starts "
+            "its processes by re-running the command line, which would repeat the whole sweep. "
+            "Use trainer.strategy=ddp_spawn (trainer=ddp_sim on the CPU), or "
+            "hydra/launcher=slurm, where SLURM starts the processes."
+        )
+    if multiprocessing.get_start_method(allow_none=True) == "loky":
+        # A joblib worker (hydra/launcher=parallel): data loader workers and ddp_spawn's
+        # processes would start by joblib's own method and fail; back to Python's default.
+        multiprocessing.set_start_method(None, force=True)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test as the config says; returns every logged metric as a float."""
     if cfg.get("seed") is not None:
@@ -41,6 +66,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks=instantiate_all(cfg.get("callbacks")),
         logger=instantiate_all(cfg.get("logger")),
     )
+    check_launch(trainer)
     if trainer.is_global_zero:
         write_class_indices(classes, output_dir / "class_indices.json")
     for logger in trainer.loggers:

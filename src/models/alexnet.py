@@ -17,7 +17,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "leaky_relu": nn.LeakyReLU,
     "gelu": nn.GELU,
 }
-INITS = ("paper", "default")
+INITS = ("paper", "kaiming", "default")
 
 
 def make_activation(name: str) -> nn.Module:
@@ -27,12 +27,22 @@ def make_activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
-def init_paper_(modules: Sequence[nn.Module], ones_bias: Sequence[nn.Module]) -> None:
-    """Section 5 of the paper: weights ~ N(0, 0.01); biases 1 where listed (so ReLUs start
-    with positive inputs), 0 elsewhere."""
-    for m in modules:
-        nn.init.normal_(m.weight, mean=0.0, std=0.01)
-        nn.init.constant_(m.bias, 1.0 if any(m is o for o in ones_bias) else 0.0)
+def init_weights_(
+    init: str, modules: Sequence[nn.Module], ones_bias: Sequence[nn.Module] = ()
+) -> None:
+    """``paper`` (section 5): weights ~ N(0, 0.01), biases 1 where listed (so ReLUs start with
+    positive inputs) and 0 elsewhere. ``kaiming``: variance-preserving normal weights, zero
+    biases, so a deep net without normalisation layers starts learning at once. ``default``:
+    leave the framework's initialisation."""
+    if init not in INITS:
+        raise ValueError(f"model.init={init!r} is not one of {list(INITS)}")
+    for m in modules if init != "default" else ():
+        if init == "paper":
+            nn.init.normal_(m.weight, mean=0.0, std=0.01)
+            nn.init.constant_(m.bias, 1.0 if any(m is o for o in ones_bias) else 0.0)
+        else:
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias)
 
 
 class AlexNet(nn.Module):
@@ -60,8 +70,6 @@ class AlexNet(nn.Module):
         super().__init__()
         if len(widths) != 5:
             raise ValueError(f"model.widths needs 5 conv widths, got {list(widths)}")
-        if init not in INITS:
-            raise ValueError(f"model.init={init!r} is not one of {list(INITS)}")
         c1, c2, c3, c4, c5 = widths
 
         def block(i: int, conv: nn.Conv2d, norm: bool, pool: bool) -> list[tuple[str, nn.Module]]:
@@ -94,12 +102,12 @@ class AlexNet(nn.Module):
                 fc8=nn.Linear(hidden, num_classes),
             )
         )
-        if init == "paper":
-            f, c = self.features, self.classifier
-            init_paper_(
-                [f.conv1, f.conv2, f.conv3, f.conv4, f.conv5, c.fc6, c.fc7, c.fc8],
-                ones_bias=[f.conv2, f.conv4, f.conv5, c.fc6, c.fc7],
-            )
+        f, c = self.features, self.classifier
+        init_weights_(
+            init,
+            [f.conv1, f.conv2, f.conv3, f.conv4, f.conv5, c.fc6, c.fc7, c.fc8],
+            ones_bias=[f.conv2, f.conv4, f.conv5, c.fc6, c.fc7],
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))

@@ -1,0 +1,99 @@
+"""CIFAR-10 in its python-pickle format: the data set of the paper's Figure 1."""
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+from torchvision.datasets import CIFAR10
+
+from src.data.datamodule import ImageFolderDataModule
+from src.data.transforms import eval_transform, train_transform
+
+CLASSES: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+class CIFAR10Files(CIFAR10):
+    """torchvision's reader, checking that the files exist instead of their checksums, so any
+    copy in the same format (a subset, a re-packed archive, a test's tiny batches) loads."""
+
+    def _check_integrity(self) -> bool:
+        return not missing_files(self.root)
+
+    def _load_meta(self) -> None:
+        with open(Path(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
+            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
+
+def missing_files(root: str | Path) -> list[Path]:
+    folder = Path(root, CIFAR10.base_folder)
+    names = [n for n, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
+    return [folder / n for n in names if not (folder / n).is_file()]
+
+
+class CIFAR10DataModule(ImageFolderDataModule):
+    """50,000 training images; CIFAR-10 has no validation split, so validation and test both use
+    the 10,000 test images, the set the paper reports on.
+
+    Images stay 32 px unless ``resize_size``/``crop_size`` say otherwise; ``batch_size`` is the
+    global batch, split over devices as in the ImageFolder module.
+    """
+
+    def __init__(
+        self,
+        root: str = "data/cifar10",
+        download: bool = False,
+        resize_size: int = 32,
+        crop_size: int = 32,
+        mean: tuple[float, ...] = CIFAR10_MEAN,
+        std: tuple[float, ...] = CIFAR10_STD,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            root=root, resize_size=resize_size, crop_size=crop_size, mean=mean, std=std, **kwargs
+        )
+        self.save_hyperparameters(logger=False)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(CLASSES)
+
+    def prepare_data(self) -> None:
+        if missing_files(self.root) and self.hparams.download:
+            CIFAR10Files(str(self.root), download=True)
+        self._require_files()
+
+    def _require_files(self) -> None:
+        missing = missing_files(self.root)
+        if not missing:
+            return
+        folder = self.root / CIFAR10.base_folder
+        raise FileNotFoundError(
+            f"CIFAR-10 is not in '{folder}': missing {', '.join(p.name for p in missing)}. "
+            "Place the python version's files there (data_batch_1 ... data_batch_5, test_batch, "
+            "batches.meta: cifar-10-python.tar.gz from the CIFAR-10 page, extracted into "
+            f"'{self.root}'), or run with data.download=true where the network allows."
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        self._require_files()
+        self.batch_size_per_device = self.per_device_batch_size()
+        sizes = (hp.resize_size, hp.crop_size, hp.mean, hp.std)
+        evaluate = eval_transform(*sizes)
+        train = train_transform(*sizes) if hp.augment else evaluate
+        test = eval_transform(*sizes, ten_crop=hp.ten_crop)
+        root = str(self.root)
+        self.datasets = {
+            "train": CIFAR10Files(root, train=True, transform=train),
+            "val": CIFAR10Files(root, train=False, transform=evaluate),
+            "test": CIFAR10Files(root, train=False, transform=test),
+        }
+        if self.datasets["train"].classes != list(CLASSES):
+            raise ValueError(
+                f"'{self.root}' holds classes {self.datasets['train'].classes}, not CIFAR-10's"
+            )

@@ -1,0 +1,201 @@
+"""DataModules: any ImageFolder tree, and the built-in synthetic micrographs."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from src.data.micrographs import CLASSES, ensure_micrographs
+from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+
+
+def class_folders(split_dir: Path) -> list[str]:
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def check_image_folder(root: str | Path) -> list[str]:
+    """Validate ``root/{train,val[,test]}/<class>/<images>`` and return the class names, with an
+    error that says what to change for each way a tree can be wrong."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"Data root '{root}' does not exist. Point data.root at a folder holding train/ and "
+            "val/ sub-folders with one folder of images per class, or use the built-in data set "
+            "with data=micrographs."
+        )
+    splits = [s for s in ("train", "val", "test") if (root / s).is_dir()]
+    missing = {"train", "val"} - set(splits)
+    if missing:
+        raise FileNotFoundError(
+            f"Data root '{root}' has no {' or '.join(sorted(missing))}/ folder: it needs train/ "
+            "and val/ (and optionally test/), each with one folder of images per class."
+        )
+    classes = class_folders(root / "train")
+    if not classes:
+        raise FileNotFoundError(f"'{root / 'train'}' has no class folders.")
+    for split in splits[1:]:
+        other = class_folders(root / split)
+        if other != classes:
+            only_train = sorted(set(classes) - set(other))
+            only_other = sorted(set(other) - set(classes))
+            raise ValueError(
+                f"Class folders differ between '{root / 'train'}' and '{root / split}': "
+                f"only in train: {only_train}; only in {split}: {only_other}. "
+                "Every split needs the same class folders."
+            )
+    for split in splits:
+        for name in classes:
+            folder = root / split / name
+            if not any(p.suffix.lower() in IMG_EXTENSIONS for p in folder.iterdir()):
+                raise FileNotFoundError(
+                    f"Class folder '{folder}' has no images ({', '.join(IMG_EXTENSIONS)}). "
+                    "Add images or remove the folder from every split."
+                )
+    return classes
+
+
+def write_class_indices(classes: list[str], path: str | Path) -> Path:
+    """``{"0": "6.5", ...}``: index to class name, the file prediction scripts expect."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(enumerate(classes)), indent=2))
+    return path
+
+
+class ImageFolderDataModule(LightningDataModule):
+    """Train/val/test loaders over ``root/{train,val,test}``; test falls back to val.
+
+    ``batch_size`` is the global batch: each of the trainer's devices gets an equal share, as the
+    paper's batch of 128 was split over its two GPUs.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 64,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+        resize_size: int = 256,
+        crop_size: int = 224,
+        augment: bool = True,
+        ten_crop: bool = False,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        if crop_size > resize_size:
+            raise ValueError(
+                f"data.crop_size={crop_size} is larger than data.resize_size={resize_size}"
+            )
+        self.root = Path(root)
+        self.datasets: dict[str, ImageFolder] = {}
+
+    @property
+    def classes(self) -> list[str]:
+        return check_image_folder(self.root)
+
+    def prepare_data(self) -> None:
+        check_image_folder(self.root)
+
+    def per_device_batch_size(self) -> int:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.hparams.batch_size % world:
+            raise ValueError(
+                f"data.batch_size={self.hparams.batch_size} is the global batch and must divide "
+                f"by the {world} devices (trainer.devices x trainer.num_nodes); choose a multiple "
+                f"of {world}."
+            )
+        return self.hparams.batch_size // world
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        self.batch_size_per_device = self.per_device_batch_size()
+        classes = check_image_folder(self.root)
+        sizes = (hp.resize_size, hp.crop_size, hp.mean, hp.std)
+        evaluate = eval_transform(*sizes)
+        train = train_transform(*sizes) if hp.augment else evaluate
+        test_split = "test" if (self.root / "test").is_dir() else "val"
+        self.datasets = {
+            "train": ImageFolder(str(self.root / "train"), transform=train),
+            "val": ImageFolder(str(self.root / "val"), transform=evaluate),
+            "test": ImageFolder(
+                str(self.root / test_split), transform=eval_transform(*sizes, ten_crop=hp.ten_crop)
+            ),
+        }
+        assert all(ds.classes == classes for ds in self.datasets.values())
+
+    def _loader(self, split: str, **kwargs: Any) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size_per_device,
+            num_workers=hp.num_workers,
+            pin_memory=hp.pin_memory and torch.cuda.is_available(),
+            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        """Each process evaluates its own share of the split and every image exactly once: the
+        default distributed sampler pads the shares with repeated images, which biases val/acc.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return self._loader(split)
+        sampler = UnrepeatedDistributedSampler(
+            self.datasets[split],
+            num_replicas=trainer.world_size,
+            rank=trainer.global_rank,
+            shuffle=False,
+        )
+        return self._loader(split, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+
+class MicrographDataModule(ImageFolderDataModule):
+    """The built-in data set: synthetic grain micrographs in the 14 grain-size classes, generated
+    under ``root`` on first use (by one process only) and reused afterwards."""
+
+    def __init__(
+        self,
+        root: str = "data/micrographs",
+        train_per_class: int = 100,
+        val_per_class: int = 20,
+        test_per_class: int = 20,
+        image_size: int = 128,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root=root, **kwargs)
+        self.save_hyperparameters(logger=False)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(CLASSES)
+
+    def prepare_data(self) -> None:
+        hp = self.hparams
+        ensure_micrographs(
+            self.root,
+            train_per_class=hp.train_per_class,
+            val_per_class=hp.val_per_class,
+            test_per_class=hp.test_per_class,
+            image_size=hp.image_size,
+            seed=hp.seed,
+        )

@@ -1,0 +1,306 @@
+"""The paper's Figure 1 (section 3.1) from a sweep: epochs to a training error, figure, summary.
+
+Every job of a ``relu_vs_tanh`` sweep is one (condition, activation, learning rate, seed). The
+paper tuned each activation's learning rate separately, so per condition and activation the rate
+that reaches the target training error in the fewest epochs is chosen, and the speed-up is the
+ratio of the chosen rates' epochs, tanh / ReLU. Everything is read back from the jobs' folders
+(saved config and TensorBoard events), so the same code serves the end-of-sweep callback, the
+notebook and any sweep folder copied from elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback as HydraCallback
+from lightning import Callback, LightningModule, Trainer
+from omegaconf import DictConfig, OmegaConf
+
+ACTIVATIONS = ("relu", "tanh")
+STYLES = {"relu": ("tab:blue", "-"), "tanh": ("tab:red", "--")}
+
+
+class EpochClock(Callback):
+    """Logs ``train/seconds``: wall-clock time since training began (after data preparation and
+    the sanity check), so time to a target error can be read next to the error curve."""
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        pl_module.log("train/seconds", time.perf_counter() - self.start)
+
+
+def epochs_to_target(errors: Sequence[float], target: float) -> int | None:
+    """The first epoch (counting from 1) whose error is at or below ``target``; None if none."""
+    return next((i for i, e in enumerate(errors, start=1) if e <= target), None)
+
+
+@dataclass
+class Run:
+    """One job of a sweep: its settings and per-epoch curves."""
+
+    name: str
+    activation: str
+    lr: float
+    seed: int | None
+    condition: str
+    errors: list[float]
+    val_errors: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+
+def _scalars(event_dir: Path) -> dict[str, list[float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def _label(cfg: DictConfig, key: str) -> str:
+    value = OmegaConf.select(cfg, key, throw_on_missing=False)
+    text = str(value).rsplit(".", 1)[-1] if key.endswith("arch") else str(value)
+    return f"{key.rsplit('.', 1)[-1]}={text}"
+
+
+def load_runs(
+    sweep_dir: str | Path, condition_keys: Sequence[str] = (), metric: str = "train/error"
+) -> list[Run]:
+    """Every job under ``sweep_dir`` with TensorBoard events; ``condition_keys`` (config paths
+    such as ``model.init``) name the condition a job belongs to."""
+    runs = []
+    for saved in sorted(Path(sweep_dir).glob("**/.hydra/config.yaml")):
+        job = saved.parent.parent
+        if not (job / "tensorboard").is_dir():
+            continue
+        cfg = OmegaConf.load(saved)
+        curves = _scalars(job / "tensorboard")
+        if metric not in curves:
+            continue
+        runs.append(
+            Run(
+                name=str(job.relative_to(sweep_dir)),
+                activation=str(cfg.model.activation),
+                lr=float(cfg.model.optimizer.lr),
+                seed=cfg.get("seed"),
+                condition=", ".join(_label(cfg, k) for k in condition_keys) or "all",
+                errors=curves[metric],
+                val_errors=curves.get("val/error", []),
+                seconds=curves.get("train/seconds", []),
+            )
+        )
+    return runs
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return statistics.fmean(values) if values else math.nan
+
+
+def _choose(runs: list[Run], target: float) -> dict[str, Any]:
+    """Per learning rate, the epochs to target over seeds; the chosen rate is the fastest (a run
+    that never gets there counts as infinitely slow; ties go to the lower final error)."""
+    by_lr: dict[float, list[Run]] = {}
+    for run in runs:
+        by_lr.setdefault(run.lr, []).append(run)
+
+    def cost(lr: float) -> tuple[float, float]:
+        hits = [epochs_to_target(r.errors, target) for r in by_lr[lr]]
+        epochs = math.inf if None in hits else _mean(hits)
+        return epochs, _mean(r.errors[-1] for r in by_lr[lr])
+
+    lr = min(by_lr, key=cost)
+    chosen = sorted(by_lr[lr], key=lambda r: (r.seed is None, r.seed))
+    epochs = [epochs_to_target(r.errors, target) for r in chosen]
+    seconds = [
+        r.seconds[e - 1] if e and len(r.seconds) >= e else None
+        for r, e in zip(chosen, epochs, strict=False)
+    ]
+    return {
+        "lr": lr,
+        "lrs_tried": sorted(by_lr),
+        "seeds": [r.seed for r in chosen],
+        "epochs_run": [len(r.errors) for r in chosen],
+        "epochs_to_target": epochs,
+        "seconds_to_target": seconds,
+        "final_train_error": [r.errors[-1] for r in chosen],
+        "runs": [r.name for r in chosen],
+    }
+
+
+def _ratio(relu: dict[str, Any], tanh: dict[str, Any]) -> dict[str, Any]:
+    """tanh / ReLU epochs per seed; when one side never reached the target, a bound."""
+    per_seed, text = [], []
+    for r, t, r_max, t_max in zip(
+        relu["epochs_to_target"],
+        tanh["epochs_to_target"],
+        relu["epochs_run"],
+        tanh["epochs_run"],
+        strict=False,
+    ):
+        if r and t:
+            per_seed.append(t / r)
+            text.append(f"{t / r:.2f}")
+        elif r:
+            per_seed.append(None)
+            text.append(f">{t_max / r:.2f}")
+        elif t:
+            per_seed.append(None)
+            text.append(f"<{t / r_max:.2f}")
+        else:
+            per_seed.append(None)
+            text.append("n/a")
+    values = [v for v in per_seed if v is not None]
+    return {
+        "per_seed": per_seed,
+        "text": ", ".join(text),
+        "mean": _mean(values) if len(values) == len(per_seed) else None,
+        "min": min(values) if values else None,
+        "max": max(values) if values else None,
+    }
+
+
+def summarise(runs: Sequence[Run], target: float = 0.25) -> dict[str, Any]:
+    """Per condition: the chosen learning rate of each activation, its epochs and seconds to
+    ``target``, its final training error, and the speed-up tanh / ReLU in epochs."""
+    conditions: dict[str, dict[str, Any]] = {}
+    for condition in dict.fromkeys(r.condition for r in runs):
+        entry: dict[str, Any] = {}
+        for act in ACTIVATIONS:
+            mine = [r for r in runs if r.condition == condition and r.activation == act]
+            if mine:
+                entry[act] = _choose(mine, target)
+        if all(a in entry for a in ACTIVATIONS):
+            entry["speedup_tanh_over_relu"] = _ratio(entry["relu"], entry["tanh"])
+        conditions[condition] = entry
+    return {"target_train_error": target, "metric": "train/error", "conditions": conditions}
+
+
+def _fmt_epochs(entry: dict[str, Any]) -> str:
+    parts = []
+    for e, n in zip(entry["epochs_to_target"], entry["epochs_run"], strict=False):
+        parts.append(str(e) if e else f"not reached in {n}")
+    return ", ".join(parts)
+
+
+def _fmt_seconds(entry: dict[str, Any]) -> str:
+    return ", ".join(f"{s:.0f}" if s is not None else "-" for s in entry["seconds_to_target"])
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """A Markdown table, one row per condition and activation (seeds comma-separated)."""
+    target = summary["target_train_error"]
+    lines = [
+        f"Epochs to {target:.0%} training error; learning rate chosen per activation.",
+        "",
+        "| condition | activation | lr | epochs to target | seconds | final train error "
+        "| tanh / ReLU |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for condition, entry in summary["conditions"].items():
+        ratio = entry.get("speedup_tanh_over_relu", {}).get("text", "-")
+        for act in ACTIVATIONS:
+            if act not in entry:
+                continue
+            e = entry[act]
+            final = ", ".join(f"{x:.3f}" for x in e["final_train_error"])
+            cells = [condition, act, f"{e['lr']:g}", _fmt_epochs(e), _fmt_seconds(e), final]
+            cells.append(ratio if act == "relu" else "")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_figure1(
+    runs: Sequence[Run], summary: dict[str, Any], path: str | Path | None = None
+) -> Any:
+    """Training error per epoch: ReLU solid, tanh dashed, the chosen rates bold, the others
+    faint, the target dotted; one panel per condition. Saved to ``path`` when given."""
+    from matplotlib.figure import Figure
+
+    conditions = list(summary["conditions"])
+    cols = min(len(conditions), 4)
+    rows = math.ceil(len(conditions) / cols)
+    # a bare Figure, not pyplot: no display or global state needed, in a sweep or a notebook
+    fig = Figure(figsize=(5 * cols, 4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
+    target = summary["target_train_error"]
+    for ax, condition in zip(axes.flat, conditions, strict=False):
+        entry = summary["conditions"][condition]
+        for run in (r for r in runs if r.condition == condition):
+            color, style = STYLES.get(run.activation, ("tab:gray", ":"))
+            chosen = run.name in entry.get(run.activation, {}).get("runs", [])
+            epochs = range(1, len(run.errors) + 1)
+            ax.plot(
+                epochs,
+                run.errors,
+                style,
+                color=color,
+                lw=2.5 if chosen else 1.0,
+                alpha=1.0 if chosen else 0.3,
+                label=f"{run.activation} lr={run.lr:g}" + (" (chosen)" if chosen else ""),
+            )
+        ax.axhline(target, color="black", ls=":", lw=1, label=f"target {target:.0%}")
+        ratio = entry.get("speedup_tanh_over_relu", {}).get("text", "-")
+        ax.set_title(f"{condition}\ntanh / ReLU epochs: {ratio}", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(conditions) :]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("training error")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=False))
+    axes[0, 0].legend(unique.values(), unique.keys(), fontsize=7)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def report(
+    sweep_dir: str | Path,
+    target: float = 0.25,
+    condition_keys: Sequence[str] = (),
+    figure: str = "figure1.png",
+) -> dict[str, Any]:
+    """Read a sweep, write ``figure``, summary.json and summary.md into it; return the summary."""
+    sweep_dir = Path(sweep_dir)
+    runs = load_runs(sweep_dir, condition_keys)
+    if not runs:
+        raise FileNotFoundError(f"No runs with TensorBoard train/error events under {sweep_dir}")
+    summary = summarise(runs, target)
+    plot_figure1(runs, summary, sweep_dir / figure)
+    (sweep_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    table = summary_table(summary)
+    (sweep_dir / "summary.md").write_text(f"# ReLU vs tanh: the paper's Figure 1\n\n{table}\n")
+    return summary
+
+
+class ReluVsTanhReport(HydraCallback):
+    """At the end of the multirun, turns the sweep folder into figure1.png and the summary."""
+
+    def __init__(
+        self,
+        target: float = 0.25,
+        condition_keys: Sequence[str] = (),
+        figure: str = "figure1.png",
+    ) -> None:
+        self.target = target
+        self.condition_keys = list(condition_keys)
+        self.figure = figure
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        summary = report(sweep_dir, self.target, self.condition_keys, self.figure)
+        print(f"\n{summary_table(summary)}\n")
+        print(f"figure   {sweep_dir / self.figure}")
+        print(f"summary  {sweep_dir / 'summary.md'}, {sweep_dir / 'summary.json'}")
+        print(f"curves   tensorboard --logdir {sweep_dir}")

@@ -1,0 +1,88 @@
+"""DDP without a GPU: trainer=ddp_sim trains in two CPU processes (ddp_spawn over gloo)."""
+
+import shutil
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra.utils import instantiate
+
+from src.models.classifier import load_classifier
+from src.train import train
+from tests.conftest import compose_config
+from tests.test_sweeps import job_dirs, run_cli
+from tests.test_train import scalars
+
+
+@pytest.fixture(scope="module")
+def odd_overrides(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """An image tree with 15 val and 15 test images, which two processes cannot share evenly."""
+    root = tmp_path_factory.mktemp("odd") / "images"
+    shutil.copytree(tiny_root, root)
+    for split in ("val", "test"):
+        image = next((root / split / "6.5").iterdir())
+        shutil.copy(image, image.with_name(f"copy{image.suffix}"))
+    return [
+        "data=imagefolder", f"data.root={root}", "data.resize_size=72", "data.crop_size=64",
+        "data.batch_size=8", "data.num_workers=0", "callbacks.progress_bar=null",
+        "callbacks.model_summary=null",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ddp_run(odd_overrides: list[str], tmp_path_factory: pytest.TempPathFactory):
+    """Two epochs with trainer=ddp_sim as one job of a multirun (the trouble spot of Hydra with
+    Lightning), started from the command line."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    result = run_cli(
+        "-m", "trainer=ddp_sim", "trainer.max_epochs=2", "test=false", *odd_overrides,
+        f"paths.log_dir={tmp}/logs", cwd=tmp,
+    )  # fmt: skip
+    (run,) = job_dirs(tmp / "logs")
+    return run, result.stdout
+
+
+def test_ddp_sim_writes_one_run_once(ddp_run):
+    run, stdout = ddp_run
+    assert stdout.count("best val/acc") == 1
+    assert (run / "class_indices.json").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((run / "checkpoints").glob("epoch_*.ckpt"))) == 1
+    assert len(list(run.rglob("hparams.yaml"))) == 1
+    curves = scalars(run)
+    assert len(curves["train/acc"]) == 2 and len(curves["val/acc"]) == 2
+
+
+def test_ddp_sim_val_acc_equals_one_process(ddp_run, odd_overrides, tmp_path):
+    """Every val image counted once over both processes: the numbers of one process. (The test
+    loader is built the same way.)"""
+    run, _ = ddp_run
+    curves = scalars(run)
+    datamodule = instantiate(compose_config("train", odd_overrides, tmp_path).data)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False,
+    )  # fmt: skip
+    model, checkpoint = load_classifier(run / "checkpoints" / "last.ckpt")
+    assert checkpoint["epoch"] == 1
+    (val,) = trainer.validate(model, datamodule=datamodule, verbose=False)
+    assert val["val/acc"] == pytest.approx(curves["val/acc"][-1], abs=1e-6)
+    assert val["val/loss"] == pytest.approx(curves["val/loss"][-1], rel=1e-4)
+
+
+def test_ddp_inside_a_multirun_is_refused(train_config):
+    """ddp re-runs the command line for its other processes, which would repeat the sweep."""
+    cfg = train_config("hydra.mode=MULTIRUN", "trainer=ddp", "trainer.devices=2", "debug=fdr")
+    with pytest.raises(RuntimeError, match="cannot run inside a multirun.*ddp_spawn"):
+        train(cfg)
+
+
+def test_ddp_command_line_relaunch_shares_one_run(tiny_overrides, tmp_path):
+    """Outside a multirun, Lightning's ddp restarts the command for rank 1 in the same folder."""
+    result = run_cli(
+        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+        "trainer.sync_batchnorm=false", "debug=fdr", "test=false", *tiny_overrides, cwd=tmp_path,
+    )  # fmt: skip
+    (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    assert result.stdout.count("best val/acc") == 1
+    assert (run / "class_indices.json").is_file()

@@ -1,0 +1,155 @@
+"""Multiruns as users start them: the command line, Hydra's sweepers and launchers, tiny data."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+from omegaconf.errors import ValidationError
+
+from tests.conftest import CONF_DIR
+
+SEARCHED = {
+    "model.optimizer.lr",
+    "data.batch_size",
+    "model.dropout",
+    "model.optimizer.weight_decay",
+}
+
+
+def run_cli(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
+    """``python -m src.train ARGS`` in cwd; a failure shows the end of its output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "src.train", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if ok:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def job_dirs(log_dir: Path, task: str = "train") -> list[Path]:
+    """The job folders of the one sweep under log_dir, in job order."""
+    (sweep,) = (log_dir / task / "multiruns").iterdir()
+    return sorted((p for p in sweep.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def without(overrides: list[str], key: str) -> list[str]:
+    return [o for o in overrides if not o.startswith(f"{key}=")]
+
+
+def test_grid_gives_every_job_its_own_run(tiny_overrides, tmp_path):
+    run_cli("-m", "model.optimizer.lr=0.005,0.01", "test=false", *tiny_overrides, cwd=tmp_path)
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    # microseconds in the name: two sweeps started in the same second never share a folder
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}", sweep.name)
+    assert (sweep / "multirun.yaml").is_file()
+    jobs = job_dirs(tmp_path / "logs")
+    assert [j.name for j in jobs] == ["0", "1"]
+    lrs = [yaml.safe_load((j / ".hydra" / "config.yaml").read_text()) for j in jobs]
+    assert [c["model"]["optimizer"]["lr"] for c in lrs] == [0.005, 0.01]
+    for job in jobs:
+        assert len(list((job / "tensorboard").glob("events.out.tfevents.*"))) == 1
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        assert len(list((job / "checkpoints").glob("epoch_*.ckpt"))) == 1
+        assert (job / "class_indices.json").is_file()
+
+
+def test_optuna_search_prints_and_saves_the_best_parameters(tiny_overrides, tmp_path):
+    result = run_cli(
+        "hparams_search=optuna", "hydra.sweeper.n_trials=3", "data.batch_size=choice(4,8)",
+        "debug=fdr", "test=false", *without(tiny_overrides, "data.batch_size"), cwd=tmp_path,
+    )  # fmt: skip
+    out = result.stdout + result.stderr
+    # a trial whose return value is not a float is logged as failed, not raised
+    assert "Failed experiment" not in out
+    assert out.count("best val/acc") == 3 and len(job_dirs(tmp_path / "logs")) == 3
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == SEARCHED
+    assert best["best_params"]["data.batch_size"] in (4, 8)
+    assert isinstance(best["best_value"], float) and 0.0 <= best["best_value"] <= 1.0
+    assert f"Best parameters: {best['best_params']}" in out
+
+
+@pytest.mark.skipif(
+    int(sqlalchemy.__version__.split(".")[0]) >= 2,
+    reason="optuna 2.10's database storage needs sqlalchemy<2",
+)
+def test_optuna_search_continues_from_its_database(tiny_overrides, tmp_path):
+    import optuna
+
+    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = ["hparams_search=optuna", f"hydra.sweeper.storage={db}", "hydra.sweeper.study_name=t"]
+    args += ["debug=fdr", "test=false", *tiny_overrides]
+    run_cli(*args, "hydra.sweeper.n_trials=2", cwd=tmp_path)
+    run_cli(*args, "hydra.sweeper.n_trials=1", cwd=tmp_path)
+    trials = optuna.load_study(study_name="t", storage=db).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert all(isinstance(t.value, float) for t in trials)
+
+
+def test_every_experiment_runs_under_fast_dev_run(tiny_overrides, tmp_path):
+    names = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+    if not names:
+        pytest.skip("conf/experiment/ holds no experiment yet")
+    result = run_cli(
+        "-m", "experiment=glob(*)", "++trainer.fast_dev_run=true", *tiny_overrides, cwd=tmp_path
+    )
+    out = result.stdout + result.stderr
+    assert sorted(re.findall(r"#\d+ : experiment=(\S+)", out)) == names
+    assert out.count("best val/acc") == len(names)
+
+
+def test_parallel_launcher_runs_two_jobs_at_once(tiny_overrides, tmp_path):
+    # one job of a single process and one of two (ddp_spawn), in two joblib workers, each
+    # with a data loader worker: processes started from inside a joblib worker
+    result = run_cli(
+        "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "trainer=cpu,ddp_sim",
+        "debug=fdr", "test=false", *tiny_overrides, "data.num_workers=1", cwd=tmp_path,
+    )  # fmt: skip
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout
+    jobs = job_dirs(tmp_path / "logs")
+    assert [j.name for j in jobs] == ["0", "1"]
+    for job in jobs:
+        assert (job / "class_indices.json").is_file()
+        assert f"run directory    {job}" in result.stdout
+
+
+def test_submitit_local_launcher(tiny_overrides, tmp_path):
+    run_cli(
+        "-m", "hydra/launcher=submitit_local", "debug=fdr", "test=false", *tiny_overrides,
+        cwd=tmp_path,
+    )  # fmt: skip
+    (job,) = job_dirs(tmp_path / "logs")
+    assert (job / "class_indices.json").is_file()
+    logs = list((job.parent / ".submitit").glob("*/*_0_log.out"))
+    assert len(logs) == 1 and "best val/acc" in logs[0].read_text()
+
+
+def compose_with_hydra(*overrides: str) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_slurm_launcher_follows_the_trainer():
+    cfg = compose_with_hydra(
+        "hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
+        "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=30",
+    )  # fmt: skip
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+    assert (launcher.partition, launcher.timeout_min) == ("gpu", 30)
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.num_nodes == 2
+    # SLURM needs a task count: trainer.devices=auto fails when the launcher is built
+    auto = compose_with_hydra("hydra/launcher=slurm", "trainer=ddp")
+    with pytest.raises(ValidationError, match="'auto'"):
+        _ = auto.hydra.launcher.tasks_per_node
