@@ -23,6 +23,10 @@ test: install
 tensorboard: install
 	$(BIN)/tensorboard --logdir logs
 
+## training throughput of the model presets, side by side
+bench: install
+	$(BIN)/python -m src.utils.benchmark $(ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -17,7 +17,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "leaky_relu": nn.LeakyReLU,
     "gelu": nn.GELU,
 }
-INITS = ("paper", "kaiming", "default")
+INITS = ("paper", "default")
 
 
 def make_activation(name: str) -> nn.Module:
@@ -31,18 +31,13 @@ def init_weights_(
     init: str, modules: Sequence[nn.Module], ones_bias: Sequence[nn.Module] = ()
 ) -> None:
     """``paper`` (section 5): weights ~ N(0, 0.01), biases 1 where listed (so ReLUs start with
-    positive inputs) and 0 elsewhere. ``kaiming``: variance-preserving normal weights, zero
-    biases, so a deep net without normalisation layers starts learning at once. ``default``:
-    leave the framework's initialisation."""
+    positive inputs) and 0 elsewhere. ``default`` keeps the framework's initialisation."""
     if init not in INITS:
         raise ValueError(f"model.init={init!r} is not one of {list(INITS)}")
-    for m in modules if init != "default" else ():
-        if init == "paper":
+    if init == "paper":
+        for m in modules:
             nn.init.normal_(m.weight, mean=0.0, std=0.01)
             nn.init.constant_(m.bias, 1.0 if any(m is o for o in ones_bias) else 0.0)
-        else:
-            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            nn.init.zeros_(m.bias)
 
 
 class AlexNet(nn.Module):
