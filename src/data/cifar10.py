@@ -4,10 +4,11 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10
+from torchvision.transforms import v2
 
 from src.data.datamodule import ImageFolderDataModule
-from src.data.transforms import eval_transform, train_transform
 
 CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -79,21 +80,15 @@ class CIFAR10DataModule(ImageFolderDataModule):
             f"'{self.root}'), or run with data.download=true where the network allows."
         )
 
-    def setup(self, stage: str | None = None) -> None:
-        hp = self.hparams
+    def make_datasets(self, transforms: dict[str, v2.Compose]) -> dict[str, Dataset]:
         self._require_files()
-        self.batch_size_per_device = self.per_device_batch_size()
-        sizes = (hp.resize_size, hp.crop_size, hp.mean, hp.std)
-        evaluate = eval_transform(*sizes)
-        train = train_transform(*sizes) if hp.augment else evaluate
-        test = eval_transform(*sizes, ten_crop=hp.ten_crop)
         root = str(self.root)
-        self.datasets = {
-            "train": CIFAR10Files(root, train=True, transform=train),
-            "val": CIFAR10Files(root, train=False, transform=evaluate),
-            "test": CIFAR10Files(root, train=False, transform=test),
+        datasets = {
+            split: CIFAR10Files(root, train=split == "train", transform=transform)
+            for split, transform in transforms.items()
         }
-        if self.datasets["train"].classes != list(CLASSES):
+        if datasets["train"].classes != list(CLASSES):
             raise ValueError(
-                f"'{self.root}' holds classes {self.datasets['train'].classes}, not CIFAR-10's"
+                f"'{self.root}' holds classes {datasets['train'].classes}, not CIFAR-10's"
             )
+        return datasets

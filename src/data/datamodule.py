@@ -7,9 +7,10 @@ from typing import Any
 import torch
 from lightning import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.transforms import v2
 
 from src.data.micrographs import CLASSES, ensure_micrographs
 from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
@@ -96,7 +97,7 @@ class ImageFolderDataModule(LightningDataModule):
                 f"data.crop_size={crop_size} is larger than data.resize_size={resize_size}"
             )
         self.root = Path(root)
-        self.datasets: dict[str, ImageFolder] = {}
+        self.datasets: dict[str, Dataset] = {}
 
     @property
     def classes(self) -> list[str]:
@@ -115,22 +116,30 @@ class ImageFolderDataModule(LightningDataModule):
             )
         return self.hparams.batch_size // world
 
-    def setup(self, stage: str | None = None) -> None:
+    def transforms(self) -> dict[str, v2.Compose]:
         hp = self.hparams
-        self.batch_size_per_device = self.per_device_batch_size()
-        classes = check_image_folder(self.root)
         sizes = (hp.resize_size, hp.crop_size, hp.mean, hp.std)
         evaluate = eval_transform(*sizes)
-        train = train_transform(*sizes) if hp.augment else evaluate
-        test_split = "test" if (self.root / "test").is_dir() else "val"
-        self.datasets = {
-            "train": ImageFolder(str(self.root / "train"), transform=train),
-            "val": ImageFolder(str(self.root / "val"), transform=evaluate),
-            "test": ImageFolder(
-                str(self.root / test_split), transform=eval_transform(*sizes, ten_crop=hp.ten_crop)
-            ),
+        return {
+            "train": train_transform(*sizes) if hp.augment else evaluate,
+            "val": evaluate,
+            "test": eval_transform(*sizes, ten_crop=hp.ten_crop),
         }
-        assert all(ds.classes == classes for ds in self.datasets.values())
+
+    def make_datasets(self, transforms: dict[str, v2.Compose]) -> dict[str, Dataset]:
+        classes = check_image_folder(self.root)
+        test_split = "test" if (self.root / "test").is_dir() else "val"
+        folders = {"train": "train", "val": "val", "test": test_split}
+        datasets = {
+            split: ImageFolder(str(self.root / folder), transform=transforms[split])
+            for split, folder in folders.items()
+        }
+        assert all(ds.classes == classes for ds in datasets.values())
+        return datasets
+
+    def setup(self, stage: str | None = None) -> None:
+        self.batch_size_per_device = self.per_device_batch_size()
+        self.datasets = self.make_datasets(self.transforms())
 
     def _loader(self, split: str, **kwargs: Any) -> DataLoader:
         hp = self.hparams
