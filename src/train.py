@@ -19,16 +19,16 @@ from src.utils import instantiate_all
 @rank_zero_only
 def print_summary(metrics: dict[str, float], trainer: L.Trainer, output_dir: Path) -> None:
     ckpt = trainer.checkpoint_callback
-    lines = [
-        "",
-        f"best val/acc     {metrics.get('val/acc_best', float('nan')):.4f}",
-        f"test/acc         {metrics.get('test/acc', float('nan')):.4f}",
-        f"best checkpoint  {ckpt.best_model_path if ckpt else '-'}",
+    labels = {"val/acc_best": "best val/acc", "test/acc": "test/acc"}
+    lines = [f"{label:<16} {metrics[key]:.4f}" for key, label in labels.items() if key in metrics]
+    if ckpt and ckpt.best_model_path:
+        lines.append(f"best checkpoint  {ckpt.best_model_path}")
+    lines += [
         f"run directory    {output_dir}",
         f"class indices    {output_dir / 'class_indices.json'}",
         f"curves           tensorboard --logdir {output_dir}",
     ]
-    print("\n".join(lines))
+    print("\n" + "\n".join(lines))
 
 
 def check_launch(trainer: L.Trainer) -> None:

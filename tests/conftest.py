@@ -33,22 +33,28 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_micrographs(tmp_path_factory.mktemp("data") / "micrographs", seed=0, **TINY_DATA)
 
 
-@pytest.fixture
-def tiny_overrides(tiny_root: Path, tmp_path: Path) -> list[str]:
-    data = [f"data.{k}={v}" for k, v in TINY_DATA.items()]
+def quick_overrides(log_dir: Path) -> list[str]:
+    """What every tiny run sets, whatever its data: small batches, one CPU epoch, quiet."""
     return [
-        *data,
-        f"data.root={tiny_root}",
-        "data.resize_size=72",
-        "data.crop_size=64",
         "data.batch_size=8",
         "data.num_workers=0",
         "trainer.accelerator=cpu",
         "trainer.max_epochs=1",
         "callbacks.progress_bar=null",
         "callbacks.model_summary=null",
-        f"paths.log_dir={tmp_path / 'logs'}",
+        f"paths.log_dir={log_dir}",
     ]
+
+
+def micrograph_overrides(root: Path) -> list[str]:
+    """The tiny micrograph tree at 72 px, cropped to 64."""
+    data = [f"data.{k}={v}" for k, v in TINY_DATA.items()]
+    return [*data, f"data.root={root}", "data.resize_size=72", "data.crop_size=64"]
+
+
+@pytest.fixture
+def tiny_overrides(tiny_root: Path, tmp_path: Path) -> list[str]:
+    return micrograph_overrides(tiny_root) + quick_overrides(tmp_path / "logs")
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import torch
 from src.data.cifar10 import CLASSES, CIFAR10DataModule
 from src.models.cnn4 import CNN4
 from src.train import train
-from tests.conftest import compose_config
+from tests.conftest import compose_config, quick_overrides
 
 
 def write_cifar10(root: Path, per_batch: int = 4, test: int = 6, seed: int = 0) -> Path:
@@ -71,17 +71,7 @@ def test_cnn4_shapes_and_paper_init():
 
 
 def test_cnn4_trains_on_cifar10_config(cifar_root, tmp_path):
-    overrides = [
-        "model=cnn4",
-        "data=cifar10",
-        f"data.root={cifar_root}",
-        "data.batch_size=8",
-        "data.num_workers=0",
-        "trainer.accelerator=cpu",
-        "trainer.max_epochs=1",
-        "callbacks.progress_bar=null",
-        "callbacks.model_summary=null",
-        f"paths.log_dir={tmp_path / 'logs'}",
-    ]
+    overrides = ["model=cnn4", "data=cifar10", f"data.root={cifar_root}"]
+    overrides += quick_overrides(tmp_path / "logs")
     metrics = train(compose_config("train", overrides, tmp_path / "run"))
     assert {"train/error", "val/error", "test/acc"} <= set(metrics)

@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from src.eval import evaluate
 from src.predict import predict
 from src.train import train
+from tests.conftest import compose_config, micrograph_overrides, quick_overrides
 
 
 def scalars(run_dir: Path) -> dict[str, list[float]]:
@@ -30,14 +31,9 @@ def test_fast_dev_run(train_config):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_root):
     """Two epochs of training on the tiny tree, shared by the tests below."""
-    from tests.conftest import TINY_DATA, compose_config
-
     tmp = tmp_path_factory.mktemp("trained")
-    overrides = [f"data.{k}={v}" for k, v in TINY_DATA.items()] + [
-        f"data.root={tiny_root}", "data.resize_size=72", "data.crop_size=64",
-        "data.batch_size=8", "data.num_workers=0", "trainer.accelerator=cpu",
-        "trainer.max_epochs=2", "callbacks.progress_bar=null", f"paths.log_dir={tmp}/logs",
-    ]  # fmt: skip
+    overrides = micrograph_overrides(tiny_root) + quick_overrides(tmp / "logs")
+    overrides.append("trainer.max_epochs=2")
     cfg = compose_config("train", overrides, tmp / "run")
     return cfg, train(cfg), overrides
 
@@ -58,8 +54,6 @@ def test_training_logs_checkpoints_and_curves(trained):
 
 
 def test_eval_reproduces_the_test_accuracy(trained, tmp_path):
-    from tests.conftest import compose_config
-
     cfg, metrics, overrides = trained
     best = next((Path(cfg.paths.output_dir) / "checkpoints").glob("epoch_*.ckpt"))
     data = [o for o in overrides if o.startswith("data.") or o.startswith("trainer.accel")]
@@ -84,8 +78,6 @@ def test_resume_continues_at_the_next_epoch(trained, train_config):
 
 
 def test_predict_prints_top5_and_saves_the_picture(trained, tiny_root, tmp_path, capsys):
-    from tests.conftest import compose_config
-
     cfg, _, _ = trained
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     image = next((tiny_root / "val" / "8.0").iterdir())
@@ -102,8 +94,6 @@ def test_predict_prints_top5_and_saves_the_picture(trained, tiny_root, tmp_path,
 
 
 def test_predict_needs_a_real_checkpoint(tmp_path):
-    from tests.conftest import compose_config
-
     pcfg = compose_config("predict", [f"ckpt_path={tmp_path}/x.ckpt", "image=."], tmp_path)
     with pytest.raises(FileNotFoundError, match="x.ckpt' not found"):
         predict(pcfg)
