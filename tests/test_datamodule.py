@@ -21,7 +21,8 @@ def test_micrograph_module_batches(tiny_root):
     )  # fmt: skip
     dm.prepare_data()
     dm.setup("fit")
-    assert dm.classes == list(CLASSES)
+    # class names in label order: what class_indices.json and checkpoints record
+    assert dm.classes == dm.datasets["train"].classes == sorted(CLASSES)
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 3, 64, 64) and x.dtype == torch.float32
     assert y.max() < 14

@@ -62,7 +62,7 @@ def check_image_folder(root: str | Path) -> list[str]:
 
 
 def write_class_indices(classes: list[str], path: str | Path) -> Path:
-    """``{"0": "6.5", ...}``: index to class name, the file prediction scripts expect."""
+    """``{"0": "10.0", ...}``: label index to class name, the file prediction scripts expect."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dict(enumerate(classes)), indent=2))
@@ -127,14 +127,19 @@ class ImageFolderDataModule(LightningDataModule):
         }
 
     def make_datasets(self, transforms: dict[str, v2.Compose]) -> dict[str, Dataset]:
-        classes = check_image_folder(self.root)
+        check_image_folder(self.root)
         test_split = "test" if (self.root / "test").is_dir() else "val"
         folders = {"train": "train", "val": "val", "test": test_split}
         datasets = {
             split: ImageFolder(str(self.root / folder), transform=transforms[split])
             for split, folder in folders.items()
         }
-        assert all(ds.classes == classes for ds in datasets.values())
+        if datasets["train"].classes != self.classes:
+            # Labels are folder indices: names in any other order would mislabel predictions.
+            raise ValueError(
+                f"Class folders of '{self.root}' {datasets['train'].classes} differ from the "
+                f"expected {self.classes}"
+            )
         return datasets
 
     def setup(self, stage: str | None = None) -> None:
@@ -196,7 +201,8 @@ class MicrographDataModule(ImageFolderDataModule):
 
     @property
     def classes(self) -> list[str]:
-        return list(CLASSES)
+        # ImageFolder's label order (sorted folder names), known before the tree is generated
+        return sorted(CLASSES)
 
     def prepare_data(self) -> None:
         hp = self.hparams
