@@ -49,6 +49,14 @@ def test_summary_chooses_the_fastest_rate_per_activation():
     assert summary["relu"]["seconds_to_target"] == [20.0]
     assert summary["tanh"]["lr"] == 0.1 and summary["tanh"]["epochs_to_target"] == [4]
     assert summary["speedup_tanh_over_relu"]["mean"] == pytest.approx(2.0)
+    assert summary["relu"]["lr_at_grid_edge"] and summary["tanh"]["lr_at_grid_edge"]
+    assert "| all | relu | 0.01* | 2 |" in summary_table(summarise(runs, target=0.25))
+
+
+def test_a_rate_inside_the_grid_is_not_flagged():
+    runs = [run("relu", lr, [0.9, e]) for lr, e in ((0.001, 0.5), (0.01, 0.2), (0.1, 0.9))]
+    entry = summarise(runs, target=0.25)["conditions"]["all"]["relu"]
+    assert entry["lr"] == 0.01 and not entry["lr_at_grid_edge"]
 
 
 def test_not_reached_gives_a_bound_and_says_so():
@@ -77,6 +85,7 @@ def test_seeds_give_a_spread():
     ratio = summarise(runs)["conditions"]["all"]["speedup_tanh_over_relu"]
     assert ratio["per_seed"] == [1.5, 2.0]
     assert (ratio["min"], ratio["max"], ratio["mean"]) == (1.5, 2.0, 1.75)
+    assert ratio["text"] == "1.50, 2.00 (mean 1.75)"
 
 
 def sweep(tmp: Path, tiny_root: Path, *overrides: str) -> tuple[Path, str]:
@@ -135,12 +144,18 @@ def test_notebook_draws_figure1_from_the_sweep(figure1_sweep, monkeypatch):
 
 
 def test_conditions_sweep_tables_ratios_per_condition(tmp_path, tiny_root):
-    grid = ["relu_vs_tanh.input_scale=raw,standardised", "model=cnn4", "model.init=paper", "seed=0"]
-    sweep_dir, stdout = sweep(tmp_path, tiny_root, "experiment=relu_vs_tanh_conditions", *grid)
+    grid = ["relu_vs_tanh.input_scale=raw,standardised", "model=cnn4", "model.init=paper"]
+    # every training error is below this target: each run stops after the first of its 2 epochs
+    race = ["relu_vs_tanh.target=1.01"]
+    sweep_dir, stdout = sweep(
+        tmp_path, tiny_root, "experiment=relu_vs_tanh_conditions", *grid, *race
+    )
     conditions = json.loads((sweep_dir / "summary.json").read_text())["conditions"]
     assert set(conditions) == {
         f"input_scale={s}, init=paper, arch=CNN4" for s in ("raw", "standardised")
     }
-    assert all("speedup_tanh_over_relu" in c for c in conditions.values())
+    for entry in conditions.values():
+        assert entry["relu"]["epochs_run"] == entry["tanh"]["epochs_run"] == [1]
+        assert entry["speedup_tanh_over_relu"]["per_seed"] == [1.0]
     assert "input_scale=standardised, init=paper, arch=CNN4 | tanh" in stdout
     assert (sweep_dir / "figure1.png").is_file()

@@ -127,6 +127,8 @@ def _choose(runs: list[Run], target: float) -> dict[str, Any]:
     return {
         "lr": lr,
         "lrs_tried": sorted(by_lr),
+        # the best rate may lie beyond the grid: widen it before trusting the ratio
+        "lr_at_grid_edge": len(by_lr) > 1 and lr in (min(by_lr), max(by_lr)),
         "seeds": [r.seed for r in chosen],
         "epochs_run": [len(r.errors) for r in chosen],
         "epochs_to_target": epochs,
@@ -159,10 +161,11 @@ def _ratio(relu: dict[str, Any], tanh: dict[str, Any]) -> dict[str, Any]:
             per_seed.append(None)
             text.append("n/a")
     values = [v for v in per_seed if v is not None]
+    mean = _mean(values) if len(values) == len(per_seed) else None
     return {
         "per_seed": per_seed,
-        "text": ", ".join(text),
-        "mean": _mean(values) if len(values) == len(per_seed) else None,
+        "text": ", ".join(text) + (f" (mean {mean:.2f})" if mean and len(values) > 1 else ""),
+        "mean": mean,
         "min": min(values) if values else None,
         "max": max(values) if values else None,
     }
@@ -198,8 +201,11 @@ def _fmt_seconds(entry: dict[str, Any]) -> str:
 def summary_table(summary: dict[str, Any]) -> str:
     """A Markdown table, one row per condition and activation (seeds comma-separated)."""
     target = summary["target_train_error"]
+    entries = [c[a] for c in summary["conditions"].values() for a in ACTIVATIONS if a in c]
+    lrs = sorted({lr for e in entries for lr in e["lrs_tried"]})
     lines = [
-        f"Epochs to {target:.0%} training error; learning rate chosen per activation.",
+        f"Epochs to {target:.0%} training error; learning rate chosen per activation from "
+        f"{', '.join(f'{lr:g}' for lr in lrs)} (* at the edge of that grid: widen it).",
         "",
         "| condition | activation | lr | epochs to target | seconds | final train error "
         "| tanh / ReLU |",
@@ -212,7 +218,8 @@ def summary_table(summary: dict[str, Any]) -> str:
                 continue
             e = entry[act]
             final = ", ".join(f"{x:.3f}" for x in e["final_train_error"])
-            cells = [condition, act, f"{e['lr']:g}", _fmt_epochs(e), _fmt_seconds(e), final]
+            lr = f"{e['lr']:g}" + ("*" if e["lr_at_grid_edge"] else "")
+            cells = [condition, act, lr, _fmt_epochs(e), _fmt_seconds(e), final]
             cells.append(ratio if act == "relu" else "")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
