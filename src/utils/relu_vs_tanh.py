@@ -127,8 +127,8 @@ def _choose(runs: list[Run], target: float) -> dict[str, Any]:
     return {
         "lr": lr,
         "lrs_tried": sorted(by_lr),
-        # the best rate may lie beyond the grid: widen it before trusting the ratio
-        "lr_at_grid_edge": len(by_lr) > 1 and lr in (min(by_lr), max(by_lr)),
+        # with three or more rates, a chosen end of the grid says the best may lie beyond it
+        "lr_at_grid_edge": len(by_lr) > 2 and lr in (min(by_lr), max(by_lr)),
         "seeds": [r.seed for r in chosen],
         "epochs_run": [len(r.errors) for r in chosen],
         "epochs_to_target": epochs,
