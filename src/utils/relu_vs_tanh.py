@@ -202,10 +202,15 @@ def summary_table(summary: dict[str, Any]) -> str:
     """A Markdown table, one row per condition and activation (seeds comma-separated)."""
     target = summary["target_train_error"]
     entries = [c[a] for c in summary["conditions"].values() for a in ACTIVATIONS if a in c]
-    lrs = sorted({lr for e in entries for lr in e["lrs_tried"]})
+    grids = {tuple(e["lrs_tried"]) for e in entries}
+    grid = (
+        ", ".join(f"{lr:g}" for lr in next(iter(grids)))
+        if len(grids) == 1
+        else "the rates its condition tried (lrs_tried in summary.json)"
+    )
     lines = [
         f"Epochs to {target:.0%} training error; learning rate chosen per activation from "
-        f"{', '.join(f'{lr:g}' for lr in lrs)} (* at the edge of that grid: widen it).",
+        f"{grid} (* at the edge of the grid: widen it).",
         "",
         "| condition | activation | lr | epochs to target | seconds | final train error "
         "| tanh / ReLU |",
