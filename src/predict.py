@@ -44,7 +44,13 @@ def predict(cfg: DictConfig) -> list[dict]:
     """Top-k predictions per image; also written to ``predictions.json`` in the output folder."""
     model, checkpoint = load_classifier(cfg.ckpt_path)
     data = checkpoint["datamodule_hyper_parameters"]
-    transform = eval_transform(data["resize_size"], data["crop_size"], data["mean"], data["std"])
+    transform = eval_transform(
+        data["resize_size"],
+        data["crop_size"],
+        data["mean"],
+        data["std"],
+        data.get("input_scale", "standardised"),
+    )
     names = model.class_names
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -40,12 +40,17 @@ def test_augmentation_random_for_train_fixed_for_eval(tiny_root):
 
 
 def test_ten_crop_and_raw_scale_mean_subtraction(tiny_root):
-    dm = make_module(tiny_root, ten_crop=True, mean=[0.5] * 3, std=[1 / 255] * 3)
+    dm = make_module(tiny_root, ten_crop=True, mean=[0.5] * 3, input_scale="raw")
     dm.setup("test")
     x, _ = dm.datasets["test"][0]
     assert x.shape == (10, 3, 64, 64)
     assert torch.allclose(x[4].flip(-1), x[9])  # the centre crop and its mirror image
     assert x.abs().max() > 100  # pixel scale, not 0-1
+
+
+def test_unknown_input_scale_is_named(tiny_root):
+    with pytest.raises(ValueError, match="data.input_scale='pixels'"):
+        make_module(tiny_root, input_scale="pixels")
 
 
 def test_test_split_falls_back_to_val(tiny_root, tmp_path):

@@ -13,7 +13,13 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from src.data.micrographs import CLASSES, ensure_micrographs
-from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from src.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INPUT_SCALES,
+    eval_transform,
+    train_transform,
+)
 
 
 def class_folders(split_dir: Path) -> list[str]:
@@ -89,9 +95,12 @@ class ImageFolderDataModule(LightningDataModule):
         ten_crop: bool = False,
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
+        input_scale: str = "standardised",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
+        if input_scale not in INPUT_SCALES:
+            raise ValueError(f"data.input_scale={input_scale!r} is not one of {list(INPUT_SCALES)}")
         if crop_size > resize_size:
             raise ValueError(
                 f"data.crop_size={crop_size} is larger than data.resize_size={resize_size}"
@@ -118,7 +127,7 @@ class ImageFolderDataModule(LightningDataModule):
 
     def transforms(self) -> dict[str, v2.Compose]:
         hp = self.hparams
-        sizes = (hp.resize_size, hp.crop_size, hp.mean, hp.std)
+        sizes = (hp.resize_size, hp.crop_size, hp.mean, hp.std, hp.input_scale)
         evaluate = eval_transform(*sizes)
         return {
             "train": train_transform(*sizes) if hp.augment else evaluate,
