@@ -1,25 +1,31 @@
-"""Evaluate a checkpoint: ``python -m src.eval ckpt_path=PATH [split=val|test] [data=...]``."""
+"""Evaluate a checkpoint: ``python -m src.eval ckpt_path=PATH [split=val|test] [data.root=PATH]``.
+
+The model, the kind of data module and every preprocessing setting come from the checkpoint;
+the command line may point at other files and change how they are loaded, nothing else.
+"""
 
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from src.data.datamodule import datamodule_from_checkpoint
 from src.models.classifier import load_classifier
-from src.utils import instantiate_all
+from src.utils import ConfigError, exit_on_user_error, instantiate_all
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Metrics of the checkpoint on the data config's val or test split."""
+    """Metrics of the checkpoint on the val or test split of the data it was trained on."""
     if cfg.split not in ("val", "test"):
-        raise ValueError(f"split={cfg.split!r} must be 'val' or 'test'")
+        raise ConfigError(f"split={cfg.split!r} must be 'val' or 'test'")
     L.seed_everything(cfg.seed, workers=True)
-    model, _ = load_classifier(cfg.ckpt_path)
-    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    model, checkpoint = load_classifier(cfg.ckpt_path)
+    datamodule = datamodule_from_checkpoint(checkpoint, OmegaConf.to_container(cfg.data))
     if datamodule.classes != model.class_names:
-        raise ValueError(
-            f"The checkpoint's classes {model.class_names} differ from the data's "
-            f"{datamodule.classes}: pass the data overrides the model was trained with."
+        raise ConfigError(
+            f"The checkpoint's classes {model.class_names} differ from those under "
+            f"data.root={datamodule.hparams.root}: {datamodule.classes}. Point data.root at the "
+            "data the model was trained on."
         )
     trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_all(cfg.get("logger")))
     run = trainer.test if cfg.split == "test" else trainer.validate
@@ -28,6 +34,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

@@ -14,8 +14,11 @@ from omegaconf import DictConfig
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from src.data.images import load_rgb
 from src.data.transforms import eval_transform
 from src.models.classifier import load_classifier
+from src.utils import MissingFileError, exit_on_user_error
+from src.utils.io import atomic_write
 
 
 def find_images(path: str | Path) -> list[Path]:
@@ -23,10 +26,10 @@ def find_images(path: str | Path) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise FileNotFoundError(f"image={path}: no such file or folder")
+        raise MissingFileError(f"image={path}: no such file or folder")
     images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
     if not images:
-        raise FileNotFoundError(f"image={path}: the folder holds no images ({IMG_EXTENSIONS})")
+        raise MissingFileError(f"image={path}: the folder holds no images ({IMG_EXTENSIONS})")
     return images
 
 
@@ -56,7 +59,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for path in find_images(cfg.image):
-        image = Image.open(path).convert("RGB")
+        image = load_rgb(path)
         probs = model(transform(image).unsqueeze(0)).softmax(-1)[0]
         top = probs.topk(min(cfg.top_k, len(names)))
         ranked = [(names[i], float(p)) for p, i in zip(top.values, top.indices, strict=True)]
@@ -66,12 +69,13 @@ def predict(cfg: DictConfig) -> list[dict]:
         for rank, (name, p) in enumerate(ranked, 1):
             print(f"  {rank}. {name:<12} {p:.4f}")
         results.append({"image": str(path), "top": ranked, "figure": str(png)})
-    (out / "predictions.json").write_text(json.dumps(results, indent=2))
+    atomic_write(out / "predictions.json", json.dumps(results, indent=2))
     print(f"figures and predictions.json in {out}")
     return results
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     predict(cfg)
 

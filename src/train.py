@@ -1,7 +1,11 @@
 """Train a model, then test its best checkpoint: ``python -m src.train [overrides]``."""
 
+import json
+import logging
+import math
 import multiprocessing
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
@@ -12,8 +16,12 @@ from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from src.data.datamodule import write_class_indices
-from src.utils import instantiate_all
+from src.data.datamodule import CHANGEABLE_DATA_KEYS, write_class_indices
+from src.models.classifier import DivergedError, ImageClassifier, min_input_size
+from src.utils import ConfigError, contradictions, exit_on_user_error, instantiate_all
+from src.utils.io import atomic_write, load_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 @rank_zero_only
@@ -31,6 +39,43 @@ def print_summary(metrics: dict[str, float], trainer: L.Trainer, output_dir: Pat
     print("\n" + "\n".join(lines))
 
 
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def check_input_size(crop_size: int, model: ImageClassifier) -> None:
+    need = min_input_size(model.net)
+    if crop_size < need:
+        raise ConfigError(
+            f"data.crop_size={crop_size} is too small for model.arch={model.hparams.arch} with "
+            f"these settings: its layers need inputs of at least {need} px. Set data.crop_size "
+            f"(and data.resize_size) to {need} or more."
+        )
+
+
+def check_resume(cfg: DictConfig, classes: list[str]) -> None:
+    """A run resumes only the model and data it was trained with: a changed activation or crop
+    size would load the weights into something else without a word."""
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    saved_classes = checkpoint["hyper_parameters"]["class_names"]
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    conflicts = contradictions(
+        "model", model_cfg, checkpoint["hyper_parameters"], ("optimizer", "scheduler")
+    )
+    conflicts += contradictions(
+        "data",
+        OmegaConf.to_container(cfg.data, resolve=True),
+        checkpoint.get("datamodule_hyper_parameters", {}),
+        CHANGEABLE_DATA_KEYS,
+    )
+    conflicts += contradictions("data", {"classes": classes}, {"classes": saved_classes})
+    if conflicts:
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path} was trained with other settings: {'; '.join(conflicts)}. "
+            "Resume with the run's own overrides (its .hydra/overrides.yaml)."
+        )
+
+
 def check_launch(trainer: L.Trainer) -> None:
     """Two traps of multiruns whose jobs start processes: Lightning's ddp starts its other
     processes by re-running the command line, so each would repeat the whole sweep; and in a
@@ -39,8 +84,8 @@ def check_launch(trainer: L.Trainer) -> None:
     relaunches = isinstance(launcher, _SubprocessScriptLauncher) and (
         not launcher.cluster_environment.creates_processes_externally
     )
-    if relaunches and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        raise RuntimeError(
+    if relaunches and in_multirun():
+        raise ConfigError(
             "trainer.strategy=ddp cannot run inside a multirun (-m or hparams_search): it starts "
             "its processes by re-running the command line, which would repeat the whole sweep. "
             "Use trainer.strategy=ddp_spawn (trainer=ddp_sim on the CPU), or "
@@ -52,6 +97,21 @@ def check_launch(trainer: L.Trainer) -> None:
         multiprocessing.set_start_method(None, force=True)
 
 
+def record_divergence(
+    err: DivergedError, trainer: L.Trainer, output_dir: Path, optimized_metric: str | None
+) -> dict[str, float]:
+    """A diverged job of a multirun: ``diverged.json`` in its folder, NaN for the sweeper."""
+    log.error("%s", err)
+    if trainer.is_global_zero:
+        record: dict[str, Any] = {
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "message": str(err),
+        }
+        atomic_write(output_dir / "diverged.json", json.dumps(record, indent=2))
+    return {optimized_metric: math.nan} if optimized_metric else {}
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test as the config says; returns every logged metric as a float."""
     if cfg.get("seed") is not None:
@@ -60,7 +120,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     classes = datamodule.classes
-    model: L.LightningModule = instantiate(cfg.model, class_names=classes)
+    model: ImageClassifier = instantiate(cfg.model, class_names=classes)
+    check_input_size(datamodule.hparams.crop_size, model)
+    if cfg.get("ckpt_path"):
+        check_resume(cfg, classes)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=instantiate_all(cfg.get("callbacks")),
@@ -73,24 +136,33 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     if cfg.get("train"):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        try:
+            trainer.fit(
+                model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True
+            )
+        except DivergedError as err:
+            if not in_multirun():
+                raise
+            # The sweep goes on, and its report shows this job as diverged.
+            return record_divergence(err, trainer, output_dir, cfg.get("optimized_metric"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test"):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
     print_summary(metrics, trainer, output_dir)
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     name = cfg.get("optimized_metric")
     if not name:
         return None
     if name not in metrics:
-        raise KeyError(f"optimized_metric={name!r} was not logged; logged: {sorted(metrics)}")
+        raise ConfigError(f"optimized_metric={name!r} was not logged; logged: {sorted(metrics)}")
     return metrics[name]
 
 

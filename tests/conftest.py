@@ -1,30 +1,70 @@
-"""Real Hydra composition of the project's configs at tiny sizes."""
+"""What every test shares: the command-line runner, Hydra composition and one set of tiny
+overrides, so each test says only what is particular to it."""
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose as compose_hydra
+from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from src.data.micrographs import ensure_micrographs
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
 TINY_DATA = {"train_per_class": 2, "val_per_class": 1, "test_per_class": 1, "image_size": 72}
+
+
+def compose(name: str, overrides: list[str]) -> DictConfig:
+    """``conf/NAME.yaml`` with OVERRIDES, the ``hydra`` node included, as Hydra composes it."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose_hydra(config_name=name, overrides=overrides, return_hydra_config=True)
 
 
 def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
     """The config ``python -m src.<name> OVERRIDES`` would run with, writing into output_dir."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
+    cfg = compose(name, overrides)
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
         del cfg.hydra
     return cfg
+
+
+def run_cli(
+    *args: str, cwd: Path, module: str = "src.train", ok: bool = True, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` in ``cwd``, as a user runs it (this checkout's code); with
+    ``ok``, a failure shows the end of its output."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    if ok:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def job_dirs(log_dir: Path, task: str = "train") -> list[Path]:
+    """The job folders of the one sweep under log_dir, in job order."""
+    (sweep,) = (log_dir / task / "multiruns").iterdir()
+    return sorted((p for p in sweep.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    """Every scalar curve of a run's TensorBoard events."""
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 @pytest.fixture(scope="session")
@@ -52,17 +92,27 @@ def micrograph_overrides(root: Path) -> list[str]:
     return [*data, f"data.root={root}", "data.resize_size=72", "data.crop_size=64"]
 
 
+def imagefolder_overrides(root: Path, cache_dir: Path) -> list[str]:
+    """Any train/val[/test] tree of 72-px images as ``data=imagefolder``, cropped to 64."""
+    return [
+        "data=imagefolder", f"data.root={root}", "data.resize_size=72", "data.crop_size=64",
+        f"data.cache_dir={cache_dir}",
+    ]  # fmt: skip
+
+
 @pytest.fixture
 def tiny_overrides(tiny_root: Path, tmp_path: Path) -> list[str]:
     return micrograph_overrides(tiny_root) + quick_overrides(tmp_path / "logs")
 
 
 @pytest.fixture
-def train_config(tiny_overrides: list[str], tmp_path: Path) -> Callable[..., DictConfig]:
-    """Compose train.yaml with the tiny overrides plus the test's own, in a fresh run folder."""
+def train_config(tiny_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose train.yaml with the tiny overrides plus the test's own, in a fresh run folder;
+    ``data`` replaces the tiny micrograph overrides (e.g. with ``imagefolder_overrides``)."""
     runs = iter(range(100))
 
-    def make(*overrides: str, name: str = "train") -> DictConfig:
-        return compose_config(name, [*tiny_overrides, *overrides], tmp_path / f"run{next(runs)}")
+    def make(*overrides: str, data: list[str] | None = None, name: str = "train") -> DictConfig:
+        tiny = (data or micrograph_overrides(tiny_root)) + quick_overrides(tmp_path / "logs")
+        return compose_config(name, [*tiny, *overrides], tmp_path / f"run{next(runs)}")
 
     return make

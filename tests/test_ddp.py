@@ -9,24 +9,31 @@ from hydra.utils import instantiate
 
 from src.models.classifier import load_classifier
 from src.train import train
-from tests.conftest import compose_config
-from tests.test_sweeps import job_dirs, run_cli
-from tests.test_train import scalars
+from tests.conftest import (
+    compose_config,
+    imagefolder_overrides,
+    job_dirs,
+    quick_overrides,
+    run_cli,
+    scalars,
+)
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def odd_overrides(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """An image tree with 15 val and 15 test images, which two processes cannot share evenly."""
-    root = tmp_path_factory.mktemp("odd") / "images"
+    tmp = tmp_path_factory.mktemp("odd")
+    root = tmp / "images"
     shutil.copytree(tiny_root, root)
     for split in ("val", "test"):
         image = next((root / split / "6.5").iterdir())
         shutil.copy(image, image.with_name(f"copy{image.suffix}"))
-    return [
-        "data=imagefolder", f"data.root={root}", "data.resize_size=72", "data.crop_size=64",
-        "data.batch_size=8", "data.num_workers=0", "callbacks.progress_bar=null",
-        "callbacks.model_summary=null",
-    ]  # fmt: skip
+    quick = [
+        o for o in quick_overrides(tmp / "logs") if o.split(".")[0] not in ("trainer", "paths")
+    ]
+    return imagefolder_overrides(root, tmp / "cache") + quick
 
 
 @pytest.fixture(scope="module")

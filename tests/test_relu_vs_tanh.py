@@ -1,9 +1,6 @@
 """The paper's Figure 1 experiment: epochs-to-target arithmetic, and tiny real sweeps."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -13,9 +10,7 @@ from nbclient import NotebookClient
 from PIL import Image
 
 from src.utils.relu_vs_tanh import Run, epochs_to_target, summarise, summary_table
-from tests.conftest import TINY_DATA
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, micrograph_overrides, quick_overrides, run_cli
 
 
 @pytest.mark.parametrize(
@@ -98,18 +93,9 @@ def test_seeds_give_a_spread():
 
 def sweep(tmp: Path, tiny_root: Path, *overrides: str) -> tuple[Path, str]:
     """Run ``python -m src.train OVERRIDES`` at tiny sizes in tmp; its single sweep folder."""
-    tiny = [f"data.{k}={v}" for k, v in TINY_DATA.items()] + [
-        f"data.root={tiny_root}", "data.resize_size=72", "data.crop_size=64",
-        "data.batch_size=8", "data.num_workers=0", "trainer.accelerator=cpu",
-        "trainer.max_epochs=2", "callbacks.progress_bar=null", "callbacks.model_summary=null",
-        f"paths.log_dir={tmp / 'logs'}", "model.optimizer.lr=0.01",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "src.train", *overrides, *tiny],
-        cwd=tmp, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    tiny = micrograph_overrides(tiny_root) + quick_overrides(tmp / "logs")
+    tiny += ["trainer.max_epochs=2", "model.optimizer.lr=0.01"]
+    done = run_cli(*overrides, *tiny, cwd=tmp)
     (sweep_dir,) = (tmp / "logs").glob("*/multiruns/*")
     return sweep_dir, done.stdout
 
@@ -119,6 +105,7 @@ def figure1_sweep(tmp_path_factory, tiny_root) -> tuple[Path, str]:
     return sweep(tmp_path_factory.mktemp("figure1"), tiny_root, "experiment=relu_vs_tanh")
 
 
+@pytest.mark.slow
 def test_sweep_writes_both_runs_figure_and_summary(figure1_sweep):
     sweep_dir, stdout = figure1_sweep
     for name in ("relu_lr0.01", "tanh_lr0.01"):
@@ -137,6 +124,7 @@ def test_sweep_writes_both_runs_figure_and_summary(figure1_sweep):
         assert (np.abs(pixels - rgb).sum(1) < 30).sum() > 50
 
 
+@pytest.mark.slow
 def test_notebook_draws_figure1_from_the_sweep(figure1_sweep, monkeypatch):
     sweep_dir, _ = figure1_sweep
     monkeypatch.setenv("RELU_VS_TANH_SWEEP", str(sweep_dir))
@@ -151,6 +139,7 @@ def test_notebook_draws_figure1_from_the_sweep(figure1_sweep, monkeypatch):
     assert any("tanh" in o.get("text", "") for o in outputs)
 
 
+@pytest.mark.slow
 def test_conditions_sweep_tables_ratios_per_condition(tmp_path, tiny_root):
     grid = ["data.input_scale=raw,standardised", "model=cnn4", "model.init=paper"]
     # every training error is below this target: each run stops after the first of its 2 epochs

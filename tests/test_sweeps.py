@@ -1,19 +1,15 @@
 """Multiruns as users start them: the command line, Hydra's sweepers and launchers, tiny data."""
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import sqlalchemy
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
 from omegaconf.errors import ValidationError
 
-from tests.conftest import CONF_DIR
+from tests.conftest import CONF_DIR, compose, job_dirs, run_cli
+
+pytestmark = pytest.mark.slow
 
 SEARCHED = {
     "model.optimizer.lr",
@@ -21,23 +17,6 @@ SEARCHED = {
     "model.dropout",
     "model.optimizer.weight_decay",
 }
-
-
-def run_cli(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
-    """``python -m src.train ARGS`` in cwd; a failure shows the end of its output."""
-    result = subprocess.run(
-        [sys.executable, "-m", "src.train", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    if ok:
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return result
-
-
-def job_dirs(log_dir: Path, task: str = "train") -> list[Path]:
-    """The job folders of the one sweep under log_dir, in job order."""
-    (sweep,) = (log_dir / task / "multiruns").iterdir()
-    return sorted((p for p in sweep.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
 
 
 def without(overrides: list[str], key: str) -> list[str]:
@@ -133,23 +112,17 @@ def test_submitit_local_launcher(tiny_overrides, tmp_path):
     assert len(logs) == 1 and "best val/acc" in logs[0].read_text()
 
 
-def compose_with_hydra(*overrides: str) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=list(overrides), return_hydra_config=True)
-
-
 def test_slurm_launcher_follows_the_trainer():
-    cfg = compose_with_hydra(
+    cfg = compose("train", [
         "hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
         "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=30",
-    )  # fmt: skip
+    ])  # fmt: skip
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
     assert (launcher.partition, launcher.timeout_min) == ("gpu", 30)
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.num_nodes == 2
     # SLURM needs a task count: trainer.devices=auto fails when the launcher is built
-    auto = compose_with_hydra("hydra/launcher=slurm", "trainer=ddp")
+    auto = compose("train", ["hydra/launcher=slurm", "trainer=ddp"])
     with pytest.raises(ValidationError, match="'auto'"):
         _ = auto.hydra.launcher.tasks_per_node

@@ -9,6 +9,7 @@ from torchvision.datasets import CIFAR10
 from torchvision.transforms import v2
 
 from src.data.datamodule import ImageFolderDataModule
+from src.utils import ConfigError, MissingFileError
 
 CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -73,7 +74,7 @@ class CIFAR10DataModule(ImageFolderDataModule):
         if not missing:
             return
         folder = self.root / CIFAR10.base_folder
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"CIFAR-10 is not in '{folder}': missing {', '.join(p.name for p in missing)}. "
             "Place the python version's files there (data_batch_1 ... data_batch_5, test_batch, "
             "batches.meta: cifar-10-python.tar.gz from the CIFAR-10 page, extracted into "
@@ -88,7 +89,7 @@ class CIFAR10DataModule(ImageFolderDataModule):
             for split, transform in transforms.items()
         }
         if datasets["train"].classes != list(CLASSES):
-            raise ValueError(
+            raise ConfigError(
                 f"'{self.root}' holds classes {datasets['train'].classes}, not CIFAR-10's"
             )
         return datasets

@@ -1,10 +1,12 @@
 """DataModules: any ImageFolder tree, and the built-in synthetic micrographs."""
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import get_class
 from lightning import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
@@ -12,6 +14,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
+from src.data.images import find_bad_images, load_rgb, verdict_cache_file
 from src.data.micrographs import CLASSES, ensure_micrographs
 from src.data.transforms import (
     IMAGENET_MEAN,
@@ -20,6 +23,45 @@ from src.data.transforms import (
     eval_transform,
     train_transform,
 )
+from src.utils import ConfigError, MissingFileError, UserError, contradictions
+from src.utils.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+# What evaluating or resuming may change about a checkpoint's data: where the files are and how
+# they are loaded, never what the model sees.
+CHANGEABLE_DATA_KEYS = (
+    "root", "batch_size", "num_workers", "pin_memory", "persistent_workers", "ten_crop",
+    "cache_dir", "skip_bad_images",
+)  # fmt: skip
+
+
+class BadImagesError(UserError):
+    """Image files that do not decode, listed all at once before training starts."""
+
+
+def check_data_config(hp: Any) -> None:
+    """Values no data set can work with, named by their config key before any work starts."""
+    for key in ("batch_size", "resize_size", "crop_size"):
+        if not isinstance(hp[key], int) or isinstance(hp[key], bool) or hp[key] < 1:
+            raise ConfigError(f"data.{key}={hp[key]!r} must be a whole number of at least 1")
+    if not isinstance(hp.num_workers, int) or hp.num_workers < 0:
+        raise ConfigError(f"data.num_workers={hp.num_workers!r} must be 0 or more")
+    if hp.input_scale not in INPUT_SCALES:
+        raise ConfigError(
+            f"data.input_scale={hp.input_scale!r} is not one of {list(INPUT_SCALES)}"
+        )
+    if hp.crop_size > hp.resize_size:
+        raise ConfigError(
+            f"data.crop_size={hp.crop_size} is larger than data.resize_size={hp.resize_size}: "
+            "crops are cut from the resized image; lower data.crop_size or raise data.resize_size"
+        )
+    if len(hp.mean) != 3 or len(hp.std) != 3 or min(hp.std) <= 0:
+        raise ConfigError(
+            f"data.mean={list(hp.mean)} and data.std={list(hp.std)} need three values each "
+            "(R, G, B), the std above 0"
+        )
 
 
 def class_folders(split_dir: Path) -> list[str]:
@@ -31,7 +73,7 @@ def check_image_folder(root: str | Path) -> list[str]:
     error that says what to change for each way a tree can be wrong."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Data root '{root}' does not exist. Point data.root at a folder holding train/ and "
             "val/ sub-folders with one folder of images per class, or use the built-in data set "
             "with data=micrographs."
@@ -39,19 +81,19 @@ def check_image_folder(root: str | Path) -> list[str]:
     splits = [s for s in ("train", "val", "test") if (root / s).is_dir()]
     missing = {"train", "val"} - set(splits)
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Data root '{root}' has no {' or '.join(sorted(missing))}/ folder: it needs train/ "
             "and val/ (and optionally test/), each with one folder of images per class."
         )
     classes = class_folders(root / "train")
     if not classes:
-        raise FileNotFoundError(f"'{root / 'train'}' has no class folders.")
+        raise MissingFileError(f"'{root / 'train'}' has no class folders.")
     for split in splits[1:]:
         other = class_folders(root / split)
         if other != classes:
             only_train = sorted(set(classes) - set(other))
             only_other = sorted(set(other) - set(classes))
-            raise ValueError(
+            raise ConfigError(
                 f"Class folders differ between '{root / 'train'}' and '{root / split}': "
                 f"only in train: {only_train}; only in {split}: {only_other}. "
                 "Every split needs the same class folders."
@@ -60,7 +102,7 @@ def check_image_folder(root: str | Path) -> list[str]:
         for name in classes:
             folder = root / split / name
             if not any(p.suffix.lower() in IMG_EXTENSIONS for p in folder.iterdir()):
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"Class folder '{folder}' has no images ({', '.join(IMG_EXTENSIONS)}). "
                     "Add images or remove the folder from every split."
                 )
@@ -69,10 +111,17 @@ def check_image_folder(root: str | Path) -> list[str]:
 
 def write_class_indices(classes: list[str], path: str | Path) -> Path:
     """``{"0": "10.0", ...}``: label index to class name, the file prediction scripts expect."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(enumerate(classes)), indent=2))
-    return path
+    return atomic_write(path, json.dumps(dict(enumerate(classes)), indent=2))
+
+
+def image_files(split_dir: Path, classes: list[str]) -> list[Path]:
+    """The files ImageFolder would read from ``split_dir``, in its order."""
+    return [
+        p
+        for name in classes
+        for p in sorted((split_dir / name).rglob("*"))
+        if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS
+    ]
 
 
 class ImageFolderDataModule(LightningDataModule):
@@ -96,29 +145,58 @@ class ImageFolderDataModule(LightningDataModule):
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
         input_scale: str = "standardised",
+        cache_dir: str = "data/cache",
+        skip_bad_images: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
-        if input_scale not in INPUT_SCALES:
-            raise ValueError(f"data.input_scale={input_scale!r} is not one of {list(INPUT_SCALES)}")
-        if crop_size > resize_size:
-            raise ValueError(
-                f"data.crop_size={crop_size} is larger than data.resize_size={resize_size}"
-            )
+        check_data_config(self.hparams)
         self.root = Path(root)
         self.datasets: dict[str, Dataset] = {}
+        self.bad_images: dict[Path, str] = {}
+        # The training order and the loader workers' seeds come from this generator, seeded by
+        # the run's seed and saved in checkpoints (state_dict): a resumed run shuffles and
+        # augments as one that never stopped, whatever the sanity check or validation draw.
+        self.train_generator = torch.Generator().manual_seed(torch.initial_seed())
 
     @property
     def classes(self) -> list[str]:
         return check_image_folder(self.root)
 
     def prepare_data(self) -> None:
-        check_image_folder(self.root)
+        self.find_bad_images()
+
+    def split_folders(self) -> dict[str, Path]:
+        """The folder each stage reads: test falls back to val."""
+        test = "test" if (self.root / "test").is_dir() else "val"
+        return {"train": self.root / "train", "val": self.root / "val", "test": self.root / test}
+
+    def find_bad_images(self) -> dict[Path, str]:
+        """Decode every file of every split before the first step (verdicts cached under
+        ``cache_dir``); stop with the full list of broken files, or with ``skip_bad_images``
+        drop them and say how many."""
+        classes = check_image_folder(self.root)
+        files = [p for d in sorted(set(self.split_folders().values())) for p in image_files(d, classes)]
+        bad = find_bad_images(files, verdict_cache_file(self.hparams.cache_dir, self.root))
+        if bad and not self.hparams.skip_bad_images:
+            listing = "\n".join(f"  {path}: {problem}" for path, problem in bad.items())
+            raise BadImagesError(
+                f"{len(bad)} of {len(files)} files under '{self.root}' are not readable images:\n"
+                f"{listing}\nFix or remove them, or run with data.skip_bad_images=true to train "
+                "without them."
+            )
+        if bad and bad != self.bad_images:
+            log.warning(
+                "Skipping %d unreadable image(s) of %d under %s (data.skip_bad_images=true)",
+                len(bad), len(files), self.root,
+            )  # fmt: skip
+        self.bad_images = bad
+        return bad
 
     def per_device_batch_size(self) -> int:
         world = self.trainer.world_size if self.trainer is not None else 1
         if self.hparams.batch_size % world:
-            raise ValueError(
+            raise ConfigError(
                 f"data.batch_size={self.hparams.batch_size} is the global batch and must divide "
                 f"by the {world} devices (trainer.devices x trainer.num_nodes); choose a multiple "
                 f"of {world}."
@@ -136,16 +214,20 @@ class ImageFolderDataModule(LightningDataModule):
         }
 
     def make_datasets(self, transforms: dict[str, v2.Compose]) -> dict[str, Dataset]:
-        check_image_folder(self.root)
-        test_split = "test" if (self.root / "test").is_dir() else "val"
-        folders = {"train": "train", "val": "val", "test": test_split}
+        bad = {str(p) for p in self.find_bad_images()}
+
+        def readable(path: str) -> bool:
+            return path.lower().endswith(IMG_EXTENSIONS) and path not in bad
+
         datasets = {
-            split: ImageFolder(str(self.root / folder), transform=transforms[split])
-            for split, folder in folders.items()
+            split: ImageFolder(
+                str(folder), transform=transforms[split], loader=load_rgb, is_valid_file=readable
+            )
+            for split, folder in self.split_folders().items()
         }
         if datasets["train"].classes != self.classes:
             # Labels are folder indices: names in any other order would mislabel predictions.
-            raise ValueError(
+            raise ConfigError(
                 f"Class folders of '{self.root}' {datasets['train'].classes} differ from the "
                 f"expected {self.classes}"
             )
@@ -154,6 +236,10 @@ class ImageFolderDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.batch_size_per_device = self.per_device_batch_size()
         self.datasets = self.make_datasets(self.transforms())
+        trainer = self.trainer
+        if self.bad_images and trainer is not None and trainer.is_global_zero:
+            listing = "".join(f"{path}\t{problem}\n" for path, problem in self.bad_images.items())
+            atomic_write(Path(trainer.default_root_dir) / "bad_images.txt", listing)
 
     def _loader(self, split: str, **kwargs: Any) -> DataLoader:
         hp = self.hparams
@@ -162,27 +248,39 @@ class ImageFolderDataModule(LightningDataModule):
             batch_size=self.batch_size_per_device,
             num_workers=hp.num_workers,
             pin_memory=hp.pin_memory and torch.cuda.is_available(),
-            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
             **kwargs,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        # Fresh workers every epoch, seeded from train_generator: persistent workers would carry
+        # random states of their own across epochs, which no checkpoint holds.
+        return self._loader("train", shuffle=True, generator=self.train_generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_generator": self.train_generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train_generator.set_state(state_dict["train_generator"])
 
     def _eval_loader(self, split: str) -> DataLoader:
         """Each process evaluates its own share of the split and every image exactly once: the
         default distributed sampler pads the shares with repeated images, which biases val/acc.
         """
         trainer = self.trainer
+        # Evaluation has nothing random; its own generator keeps it off the training one's draws.
+        fixed = {
+            "persistent_workers": self.hparams.persistent_workers and self.hparams.num_workers > 0,
+            "generator": torch.Generator().manual_seed(0),
+        }
         if trainer is None or trainer.world_size == 1:
-            return self._loader(split)
+            return self._loader(split, **fixed)
         sampler = UnrepeatedDistributedSampler(
             self.datasets[split],
             num_replicas=trainer.world_size,
             rank=trainer.global_rank,
             shuffle=False,
         )
-        return self._loader(split, sampler=sampler)
+        return self._loader(split, sampler=sampler, **fixed)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
@@ -223,3 +321,25 @@ class MicrographDataModule(ImageFolderDataModule):
             image_size=hp.image_size,
             seed=hp.seed,
         )
+        super().prepare_data()
+
+
+def datamodule_from_checkpoint(
+    checkpoint: dict[str, Any], requested: dict[str, Any]
+) -> LightningDataModule:
+    """The data module a checkpoint was trained with, its preprocessing included, with only
+    ``CHANGEABLE_DATA_KEYS`` taken from ``requested`` (the command line); any other requested
+    value that differs from the checkpoint is refused, naming the key."""
+    saved = dict(checkpoint["datamodule_hyper_parameters"])
+    target = checkpoint["datamodule_target"]
+    conflicts = contradictions("data", requested, saved, CHANGEABLE_DATA_KEYS)
+    if requested.get("_target_") not in (None, target):
+        conflicts.insert(0, f"data._target_={requested['_target_']} (the checkpoint has {target})")
+    if conflicts:
+        raise ConfigError(
+            "The data settings contradict the checkpoint, whose preprocessing evaluation must "
+            f"use: {'; '.join(conflicts)}. Drop them; only "
+            f"{', '.join('data.' + k for k in CHANGEABLE_DATA_KEYS)} may differ."
+        )
+    saved |= {k: v for k, v in requested.items() if k in CHANGEABLE_DATA_KEYS and v is not None}
+    return get_class(target)(**saved)

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from src.utils import ConfigError
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
@@ -23,7 +25,7 @@ INITS = ("paper", "default")
 def make_activation(name: str) -> nn.Module:
     """One activation module by name; unknown names fail with the list of choices."""
     if name not in ACTIVATIONS:
-        raise ValueError(f"model.activation={name!r} is not one of {sorted(ACTIVATIONS)}")
+        raise ConfigError(f"model.activation={name!r} is not one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]()
 
 
@@ -33,11 +35,23 @@ def init_weights_(
     """``paper`` (section 5): weights ~ N(0, 0.01), biases 1 where listed (so ReLUs start with
     positive inputs) and 0 elsewhere. ``default`` keeps the framework's initialisation."""
     if init not in INITS:
-        raise ValueError(f"model.init={init!r} is not one of {list(INITS)}")
+        raise ConfigError(f"model.init={init!r} is not one of {list(INITS)}")
     if init == "paper":
         for m in modules:
             nn.init.normal_(m.weight, mean=0.0, std=0.01)
             nn.init.constant_(m.bias, 1.0 if any(m is o for o in ones_bias) else 0.0)
+
+
+def check_widths(widths: Sequence[int], count: int) -> None:
+    if len(widths) != count or any(not isinstance(c, int) or c < 1 for c in widths):
+        raise ConfigError(
+            f"model.widths={list(widths)} needs {count} conv widths, each a whole number >= 1"
+        )
+
+
+def check_dropout(dropout: float) -> None:
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"model.dropout={dropout!r} must be at least 0 and below 1")
 
 
 class AlexNet(nn.Module):
@@ -63,9 +77,22 @@ class AlexNet(nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
-        if len(widths) != 5:
-            raise ValueError(f"model.widths needs 5 conv widths, got {list(widths)}")
+        check_widths(widths, 5)
         c1, c2, c3, c4, c5 = widths
+        if not isinstance(groups, int) or groups < 1 or any(c % groups for c in widths[1:]):
+            # conv2, conv4, conv5 are grouped; conv3 reads conv2's output, so it must split too
+            raise ConfigError(
+                f"model.groups={groups!r} must be a whole number >= 1 that divides the widths of "
+                f"conv2 to conv5 ({list(widths[1:])}); the paper's two towers are groups=2"
+            )
+        if not isinstance(hidden, int) or hidden < 1:
+            raise ConfigError(f"model.hidden={hidden!r} must be a whole number of at least 1")
+        check_dropout(dropout)
+        if pool_kernel < 1 or pool_stride < 1:
+            raise ConfigError(
+                f"model.pool_kernel={pool_kernel} and model.pool_stride={pool_stride} must be "
+                "at least 1 (the paper: 3 and 2)"
+            )
 
         def block(i: int, conv: nn.Conv2d, norm: bool, pool: bool) -> list[tuple[str, nn.Module]]:
             layers = [(f"conv{i}", conv), (f"act{i}", make_activation(activation))]

@@ -1,9 +1,13 @@
 """The LightningModule: any classifier network, cross-entropy, SGD, per-stage metrics."""
 
+import math
+import random
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from hydra.utils import get_class
@@ -12,7 +16,70 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from src.utils import ConfigError, UserError
+from src.utils.io import load_checkpoint
+
 STAGES = ("train", "val", "test")
+
+
+class DivergedError(UserError):
+    """The training loss stopped being a finite number."""
+
+
+def check_optimizer(optimizer: Callable[..., torch.optim.Optimizer] | None) -> None:
+    """Hyper-parameters the optimizer would reject deep inside training, named by config key."""
+    settings = optimizer.keywords if isinstance(optimizer, partial) else {}
+    for key in ("lr", "momentum", "weight_decay"):
+        value = settings.get(key)
+        if value is None:
+            continue
+        low_ok = value > 0 if key == "lr" else value >= 0
+        if isinstance(value, bool) or not math.isfinite(value) or not low_ok:
+            bound = "above 0" if key == "lr" else "0 or more"
+            raise ConfigError(f"model.optimizer.{key}={value!r} must be a finite number {bound}")
+
+
+def min_input_size(net: nn.Module) -> int:
+    """The smallest square input whose feature maps stay at least 1 px through every convolution
+    and max-pooling of ``net`` (its modules in forward order, as in a Sequential)."""
+    layers = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.MaxPool2d)]
+
+    def fits(size: int) -> bool:
+        for m in layers:
+            k, s, p = (
+                v if isinstance(v, int) else v[0] for v in (m.kernel_size, m.stride, m.padding)
+            )
+            d = m.dilation if isinstance(m.dilation, int) else m.dilation[0]
+            span = size + 2 * p - d * (k - 1) - 1
+            if span < 0:
+                return False
+            size = (-(-span // s) if getattr(m, "ceil_mode", False) else span // s) + 1
+        return True
+
+    return next(size for size in range(1, 4096) if fits(size))
+
+
+def random_states() -> dict[str, Any]:
+    """Every random generator of this process as tensors and plain lists (loadable with
+    ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, python_state, python_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": [version, list(python_state), python_gauss],
+    }
+
+
+def set_random_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, python_state, python_gauss = states["python"]
+    random.setstate((version, tuple(python_state), python_gauss))
 
 
 class ImageClassifier(LightningModule):
@@ -34,6 +101,7 @@ class ImageClassifier(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
+        check_optimizer(optimizer)
         self.class_names = list(class_names)
         self.net: nn.Module = get_class(arch)(num_classes=len(self.class_names), **arch_kwargs)
         self.optimizer_factory = optimizer
@@ -49,7 +117,11 @@ class ImageClassifier(LightningModule):
                 compute_groups=False,
             )
             setattr(self, f"{stage}_metrics", metrics)
+        # saved in checkpoints, so a resumed run's best covers the epochs before the interruption
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)
+        self._resumed: dict[str, Any] = {}
+        self.lr_scheduler: Any = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -79,7 +151,16 @@ class ImageClassifier(LightningModule):
         return values
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        # One device sync per step: stops a diverged run at once, before it writes a checkpoint.
+        if not torch.isfinite(loss):
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+            raise DivergedError(
+                f"Training diverged: the loss is {loss.item()} at epoch {self.current_epoch}, "
+                f"step {self.global_step}. The usual cause is a learning rate too high for this "
+                f"network and input scale (now {lr:g}); lower model.optimizer.lr."
+            )
+        return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
         self._step(batch, "val")
@@ -89,6 +170,26 @@ class ImageClassifier(LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
+        self._step_scheduler()
+
+    def _step_scheduler(self) -> None:
+        """Once per epoch, after validation and before the epoch's checkpoint is written.
+
+        Lightning would step it after the checkpoint, and skip that step on resume (it does not
+        save the monitored value): a resumed run's learning rate would drop an epoch late.
+        """
+        if self.lr_scheduler is None:
+            return
+        if not isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.lr_scheduler.step()
+            return
+        monitor = self.hparams.scheduler_monitor
+        if monitor not in self.trainer.callback_metrics:
+            raise ConfigError(
+                f"model.scheduler_monitor={monitor!r} was not logged this epoch; logged: "
+                f"{sorted(self.trainer.callback_metrics)}"
+            )
+        self.lr_scheduler.step(self.trainer.callback_metrics[monitor])
 
     def on_validation_epoch_end(self) -> None:
         values = self._log_epoch("val")
@@ -100,32 +201,44 @@ class ImageClassifier(LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Saved at the end of an epoch: with the data module's generator, these states decide
+        # everything random in the next epoch (dropout here, the data module's draws there).
+        checkpoint["random_states"] = random_states()
+        if self.lr_scheduler is not None:
+            checkpoint["lr_scheduler"] = self.lr_scheduler.state_dict()
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is not None:
+            kind = type(datamodule)
+            checkpoint["datamodule_target"] = f"{kind.__module__}.{kind.__qualname__}"
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Applied later: the scheduler does not exist yet, and the sanity check would draw.
+        self._resumed = {
+            k: checkpoint[k] for k in ("random_states", "lr_scheduler") if k in checkpoint
+        }
+
+    def on_train_start(self) -> None:
+        if "random_states" in self._resumed:
+            set_random_states(self._resumed.pop("random_states"))
+
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise ValueError("model.optimizer is not set: training needs an optimizer config")
         optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.scheduler_monitor},
-        }
+        if self.scheduler_factory is not None:
+            self.lr_scheduler = self.scheduler_factory(optimizer=optimizer)
+            if "lr_scheduler" in self._resumed:
+                self.lr_scheduler.load_state_dict(self._resumed.pop("lr_scheduler"))
+        return optimizer
 
 
 def load_classifier(path: str | Path) -> tuple[ImageClassifier, dict[str, Any]]:
     """The model of a training checkpoint, in eval mode on the CPU, and the raw checkpoint (which
     also holds the data module's preprocessing settings)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Checkpoint '{path}' not found. Training writes them to "
-            "logs/train/runs/<time>/checkpoints/ (best: epoch_NNN.ckpt, latest: last.ckpt)."
-        )
-    # Our own checkpoints hold plain hyper-parameters next to the weights.
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(path)
     if "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
-        raise ValueError(f"'{path}' is not a checkpoint written by src.train")
+        raise UserError(f"'{path}' is not a checkpoint written by src.train")
     model = ImageClassifier(**checkpoint["hyper_parameters"])
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), checkpoint

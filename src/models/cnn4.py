@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from src.models.alexnet import init_weights_, make_activation
+from src.models.alexnet import check_dropout, check_widths, init_weights_, make_activation
 
 
 class CNN4(nn.Module):
@@ -27,8 +27,8 @@ class CNN4(nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
-        if len(widths) != 3:
-            raise ValueError(f"model.widths needs 3 conv widths, got {list(widths)}")
+        check_widths(widths, 3)
+        check_dropout(dropout)
         layers: list[tuple[str, nn.Module]] = []
         for i, (c_in, c_out) in enumerate(
             zip((in_channels, *widths[:-1]), widths, strict=True), start=1

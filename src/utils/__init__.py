@@ -1,9 +1,30 @@
 """Small helpers shared by the entry points."""
 
+import logging
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+class UserError(Exception):
+    """A mistake in what the user typed or supplied (a config value, a data file, a checkpoint).
+
+    Its message names the key or file and says what to do, so the entry points report it without
+    a stack trace and exit non-zero.
+    """
+
+
+class ConfigError(UserError, ValueError):
+    """A config value, or data that contradicts it, that cannot work; caught before any work."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the config points at is not there."""
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -12,3 +33,37 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
     if not group:
         return []
     return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def exit_on_user_error(main: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Wrap an entry point's task function: a ``UserError`` is logged (so it reaches the run's log
+    file) and ends the process with status 1 instead of a stack trace."""
+
+    @wraps(main)
+    def run(cfg: DictConfig) -> Any:
+        try:
+            return main(cfg)
+        except Exception as err:
+            # Hydra's instantiate wraps errors of the objects it builds: look down the chain.
+            cause: BaseException | None = err
+            while cause is not None and not isinstance(cause, UserError):
+                cause = cause.__cause__
+            if cause is None:
+                raise
+            log.error("%s", cause)
+            raise SystemExit(1) from None
+
+    return run
+
+
+def contradictions(
+    section: str, requested: dict[str, Any], saved: dict[str, Any], changeable: tuple[str, ...] = ()
+) -> list[str]:
+    """``section.key=value`` for every requested value that differs from the saved one, except
+    keys in ``changeable``; ``None`` (not set) and Hydra's ``_keys_`` never contradict."""
+    return [
+        f"{section}.{key}={value!r} (the checkpoint has {saved.get(key, 'no such key')!r})"
+        for key, value in requested.items()
+        if not key.startswith("_") and value is not None and key not in changeable
+        and saved.get(key) != value
+    ]  # fmt: skip

@@ -1,0 +1,82 @@
+"""One image loader for training, caches and prediction, and a check of every file before
+training starts."""
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from src.utils.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+# 16-bit and 32-bit integer greyscale: scaled from 0..65535 to 0..255 (257 = 65535 / 255).
+_WIDE_GREY = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode ``path`` fully as 8-bit RGB: EXIF rotation applied, transparency composited onto
+    white, 16-bit greyscale scaled to 8 bits (not clipped), any other mode converted.
+
+    ``Image.open`` alone succeeds on a truncated file; ``load()`` decodes every pixel, so a broken
+    file fails here and not in the middle of an epoch.
+    """
+    with Image.open(path) as image:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        if image.mode in _WIDE_GREY:
+            wide = np.asarray(image, dtype=np.float64)
+            image = Image.fromarray((wide.clip(0, 65535) / 257).round().astype(np.uint8), "L")
+        if image.mode == "P":
+            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        if image.mode in ("RGBA", "LA", "PA"):
+            rgba = image.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("RGB")
+        return image.convert("RGB")
+
+
+def _problem(path: Path) -> str | None:
+    """What is wrong with the file, or None if it decodes."""
+    try:
+        load_rgb(path)
+    except Exception as err:  # noqa: BLE001 - any decoder failure is a verdict on the file
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def find_bad_images(paths: Sequence[Path], cache_file: Path) -> dict[Path, str]:
+    """Decode every file once and return the broken ones with what is wrong with each.
+
+    Verdicts are kept in ``cache_file`` by path, size and modification time, so a file is decoded
+    again only when it changes: the second run over the same data pays a ``stat`` per file.
+    """
+    try:
+        cached = json.loads(cache_file.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        cached = {}
+    stamps = {}
+    for path in paths:
+        st = path.stat()
+        stamps[str(path)] = [st.st_size, st.st_mtime_ns]
+    todo = [p for p in paths if cached.get(str(p), [None])[:2] != stamps[str(p)]]
+    if todo:
+        log.info("Checking %d of %d images (decoding each once)", len(todo), len(paths))
+        # PIL decodes with the interpreter lock released: threads use every core.
+        with ThreadPoolExecutor() as pool:
+            for path, problem in zip(todo, pool.map(_problem, todo), strict=True):
+                cached[str(path)] = [*stamps[str(path)], problem]
+        atomic_write(cache_file, json.dumps({str(p): cached[str(p)] for p in paths}))
+    return {p: cached[str(p)][2] for p in paths if cached[str(p)][2] is not None}
+
+
+def verdict_cache_file(cache_dir: str | Path, root: str | Path) -> Path:
+    """Where the verdicts on the files under ``root`` are kept: in the cache folder, named by the
+    root's absolute path, never inside the user's data."""
+    key = hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:16]
+    return Path(cache_dir) / "verified" / f"{Path(root).name}-{key}.json"

@@ -1,0 +1,140 @@
+"""Checkpoints as files from strangers and as the thing a killed run resumes from."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from src.eval import evaluate
+from src.train import train
+from src.utils.io import SafeCheckpointIO, UnsafeCheckpointError, atomic_write, load_checkpoint
+from tests.conftest import ROOT, compose_config, run_cli, scalars
+
+
+class RunsCode:
+    """Unpickling this calls ``os.system``: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture
+def planted(tmp_path: Path) -> tuple[Path, Path]:
+    """A checkpoint-shaped file whose pickle would create ``marker`` when loaded."""
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "shared.ckpt"
+    payload = {"state_dict": {}, "hyper_parameters": {}, "extra": RunsCode(marker)}
+    torch.save(payload, path)
+    # the planted file really would run code without weights_only
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+    marker.unlink()
+    return path, marker
+
+
+@pytest.mark.slow
+def test_predict_refuses_a_checkpoint_that_would_run_code(planted, tmp_path):
+    path, marker = planted
+    image = tmp_path / "x.png"
+    image.write_bytes(b"")
+    result = run_cli(
+        f"ckpt_path={path}", f"image={image}", module="src.predict", cwd=tmp_path, ok=False
+    )
+    assert result.returncode == 1
+    out = result.stdout + result.stderr
+    assert f"Refusing to load '{path}'" in out and "posix.system" in out
+    assert "Traceback" not in out
+    assert not marker.exists()
+
+
+def test_eval_and_resume_refuse_it_too(planted, train_config, tmp_path):
+    path, marker = planted
+    with pytest.raises(UnsafeCheckpointError, match="posix.system"):
+        evaluate(compose_config("eval", [f"ckpt_path={path}"], tmp_path / "eval"))
+    with pytest.raises(UnsafeCheckpointError):
+        train(train_config(f"ckpt_path={path}"))
+    # the trainer's own loader, used by fit/test(ckpt_path=...), is the safe one
+    trainer = instantiate(train_config().trainer)
+    assert isinstance(trainer.strategy.checkpoint_io, SafeCheckpointIO)
+    with pytest.raises(UnsafeCheckpointError):
+        trainer.strategy.checkpoint_io.load_checkpoint(path)
+    assert not marker.exists()
+
+
+WRITER = """
+import sys, torch
+from src.utils.io import SafeCheckpointIO
+big = {"state_dict": {"w": torch.ones(int(sys.argv[2]))}}
+SafeCheckpointIO().save_checkpoint(big, sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_a_kill_during_a_save_leaves_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "last.ckpt"
+    SafeCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path), str(200_000_000)],  # 800 MB
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".last.ckpt.tmp-*")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert list(tmp_path.glob(".last.ckpt.tmp-*")), "the writer never started writing"
+        writer.send_signal(signal.SIGKILL)
+    finally:
+        writer.wait()
+    assert writer.returncode == -signal.SIGKILL
+    assert torch.equal(load_checkpoint(path)["state_dict"]["w"], torch.zeros(3))
+
+
+def test_atomic_write_replaces_whole_files(tmp_path):
+    path = atomic_write(tmp_path / "sub" / "a.json", '{"a": 1}')
+    atomic_write(path, b"2")
+    assert path.read_text() == "2" and [p.name for p in path.parent.iterdir()] == ["a.json"]
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(tiny_overrides, tmp_path):
+    """SIGKILL mid-epoch, resume from last.ckpt: same weights, bit for bit, and the same
+    metrics, at the default number of loader workers (fresh ones each epoch)."""
+    args = [o for o in tiny_overrides if not o.startswith(("data.num_workers", "data.batch_size"))]
+    args += ["data.batch_size=2", "trainer.max_epochs=2", "trainer.deterministic=true"]
+    args += ["test=false", "seed=7"]
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    run_cli(*args, f"hydra.run.dir={full}", cwd=tmp_path)
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "src.train", *args, f"hydra.run.dir={broken}"]
+    victim = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL)
+    last = broken / "checkpoints" / "last.ckpt"
+    try:
+        deadline = time.monotonic() + 120
+        while not last.exists() and victim.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        victim.send_signal(signal.SIGKILL)
+    finally:
+        victim.wait()
+    assert victim.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert load_checkpoint(last)["epoch"] == 0
+
+    run_cli(*args, f"ckpt_path={last}", f"hydra.run.dir={broken}", cwd=tmp_path)
+    expected = load_checkpoint(full / "checkpoints" / "last.ckpt")
+    resumed = load_checkpoint(last)
+    assert resumed["epoch"] == expected["epoch"] == 1
+    for name, tensor in expected["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], tensor), name
+    assert resumed["lr_scheduler"] == expected["lr_scheduler"]
+    curves, resumed_curves = scalars(full), scalars(broken)
+    for tag in ("val/acc", "val/loss", "val/acc_best", "train/loss"):
+        assert resumed_curves[tag][-1] == curves[tag][-1], tag
