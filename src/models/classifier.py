@@ -46,14 +46,19 @@ def min_input_size(net: nn.Module) -> int:
 
     def fits(size: int) -> bool:
         for m in layers:
-            k, s, p = (
-                v if isinstance(v, int) else v[0] for v in (m.kernel_size, m.stride, m.padding)
+            k, s, p, d = (
+                v if isinstance(v, int) else v[0]
+                for v in (m.kernel_size, m.stride, m.padding, m.dilation)
             )
-            d = m.dilation if isinstance(m.dilation, int) else m.dilation[0]
             span = size + 2 * p - d * (k - 1) - 1
-            if span < 0:
+            ceil = getattr(m, "ceil_mode", False)
+            out = (-(-span // s) if ceil else span // s) + 1
+            # torch's rule: with ceil_mode the last window must start inside the input
+            if ceil and (out - 1) * s >= size + p:
+                out -= 1
+            if out < 1:
                 return False
-            size = (-(-span // s) if getattr(m, "ceil_mode", False) else span // s) + 1
+            size = out
         return True
 
     return next(size for size in range(1, 4096) if fits(size))

@@ -55,6 +55,12 @@ class Run:
     errors: list[float]
     val_errors: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    # the loss stopped being finite: the job left diverged.json and whatever curves it had
+    diverged: bool = False
+
+    @property
+    def final_error(self) -> float | None:
+        return self.errors[-1] if self.errors and not self.diverged else None
 
 
 def _scalars(event_dir: Path) -> dict[str, list[float]]:
@@ -74,17 +80,16 @@ def _label(cfg: DictConfig, key: str) -> str:
 def load_runs(
     sweep_dir: str | Path, condition_keys: Sequence[str] = (), metric: str = "train/error"
 ) -> list[Run]:
-    """Every job under ``sweep_dir`` with TensorBoard events; ``condition_keys`` (config paths
-    such as ``model.init``) name the condition a job belongs to."""
+    """Every job under ``sweep_dir`` with TensorBoard events or a record of its divergence;
+    ``condition_keys`` (config paths such as ``model.init``) name the condition of a job."""
     runs = []
     for saved in sorted(Path(sweep_dir).glob("**/.hydra/config.yaml")):
         job = saved.parent.parent
-        if not (job / "tensorboard").is_dir():
+        diverged = (job / "diverged.json").is_file()
+        curves = _scalars(job / "tensorboard") if (job / "tensorboard").is_dir() else {}
+        if metric not in curves and not diverged:
             continue
         cfg = OmegaConf.load(saved)
-        curves = _scalars(job / "tensorboard")
-        if metric not in curves:
-            continue
         runs.append(
             Run(
                 name=str(job.relative_to(sweep_dir)),
@@ -92,9 +97,10 @@ def load_runs(
                 lr=float(cfg.model.optimizer.lr),
                 seed=cfg.get("seed"),
                 condition=", ".join(_label(cfg, k) for k in condition_keys) or "all",
-                errors=curves[metric],
+                errors=curves.get(metric, []),
                 val_errors=curves.get("val/error", []),
                 seconds=curves.get("train/seconds", []),
+                diverged=diverged,
             )
         )
     return runs
@@ -115,7 +121,8 @@ def _choose(runs: list[Run], target: float) -> dict[str, Any]:
     def cost(lr: float) -> tuple[float, float]:
         hits = [epochs_to_target(r.errors, target) for r in by_lr[lr]]
         epochs = math.inf if None in hits else _mean(hits)
-        return epochs, _mean(r.errors[-1] for r in by_lr[lr])
+        finals = (math.inf if r.final_error is None else r.final_error for r in by_lr[lr])
+        return epochs, _mean(finals)
 
     lr = min(by_lr, key=cost)
     chosen = sorted(by_lr[lr], key=lambda r: (r.seed is None, r.seed))
@@ -131,9 +138,10 @@ def _choose(runs: list[Run], target: float) -> dict[str, Any]:
         "lr_at_grid_edge": len(by_lr) > 2 and lr in (min(by_lr), max(by_lr)),
         "seeds": [r.seed for r in chosen],
         "epochs_run": [len(r.errors) for r in chosen],
+        "diverged": [r.diverged for r in chosen],
         "epochs_to_target": epochs,
         "seconds_to_target": seconds,
-        "final_train_error": [r.errors[-1] for r in chosen],
+        "final_train_error": [r.final_error for r in chosen],
         "runs": [r.name for r in chosen],
     }
 
@@ -189,8 +197,12 @@ def summarise(runs: Sequence[Run], target: float = 0.25) -> dict[str, Any]:
 
 def _fmt_epochs(entry: dict[str, Any]) -> str:
     parts = []
-    for e, n in zip(entry["epochs_to_target"], entry["epochs_run"], strict=False):
-        parts.append(str(e) if e else f"not reached in {n}")
+    for e, n, diverged in zip(
+        entry["epochs_to_target"], entry["epochs_run"], entry["diverged"], strict=False
+    ):
+        parts.append(
+            f"diverged in epoch {n + 1}" if diverged else str(e) if e else f"not reached in {n}"
+        )
     return ", ".join(parts)
 
 
@@ -222,7 +234,7 @@ def summary_table(summary: dict[str, Any]) -> str:
             if act not in entry:
                 continue
             e = entry[act]
-            final = ", ".join(f"{x:.3f}" for x in e["final_train_error"])
+            final = ", ".join("-" if x is None else f"{x:.3f}" for x in e["final_train_error"])
             lr = f"{e['lr']:g}" + ("*" if e["lr_at_grid_edge"] else "")
             cells = [condition, act, lr, _fmt_epochs(e), _fmt_seconds(e), final]
             cells.append(ratio if act == "relu" else "")
