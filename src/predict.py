@@ -18,7 +18,7 @@ from src.data.images import load_rgb
 from src.data.transforms import eval_transform
 from src.models.classifier import load_classifier
 from src.utils import MissingFileError, exit_on_user_error
-from src.utils.io import atomic_write
+from src.utils.io import atomic_write, write_figure
 
 
 def find_images(path: str | Path) -> list[Path]:
@@ -39,7 +39,7 @@ def save_figure(image: Image.Image, title: str, path: Path) -> None:
     ax.imshow(image)
     ax.set_title(title)
     ax.axis("off")
-    fig.savefig(path, bbox_inches="tight", dpi=100)
+    write_figure(fig, path, bbox_inches="tight", dpi=100)
 
 
 @torch.inference_mode()

@@ -10,6 +10,7 @@ import torch
 from src.data.cifar10 import CLASSES, CIFAR10DataModule
 from src.models.cnn4 import CNN4
 from src.train import train
+from src.utils import ConfigError
 from tests.conftest import compose_config, quick_overrides
 
 
@@ -75,3 +76,16 @@ def test_cnn4_trains_on_cifar10_config(cifar_root, tmp_path):
     overrides += quick_overrides(tmp_path / "logs")
     metrics = train(compose_config("train", overrides, tmp_path / "run"))
     assert {"train/error", "val/error", "test/acc"} <= set(metrics)
+
+
+def test_a_data_file_that_would_run_code_is_refused(tmp_path):
+    from tests.test_checkpoints import RunsCode
+
+    root = write_cifar10(tmp_path / "cifar10")
+    marker = tmp_path / "code_ran"
+    batch = root / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(pickle.dumps({"data": RunsCode(marker), "labels": []}))
+    dm = CIFAR10DataModule(root=str(root), num_workers=0)
+    with pytest.raises(ConfigError, match="posix.system"):
+        dm.setup("fit")
+    assert not marker.exists()

@@ -4,8 +4,9 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch.utils.data import Dataset
-from torchvision.datasets import CIFAR10
+from torchvision.datasets import CIFAR10, VisionDataset
 from torchvision.transforms import v2
 
 from src.data.datamodule import ImageFolderDataModule
@@ -18,16 +19,43 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles dicts, lists, strings and numpy arrays, and refuses every other global: a
+    CIFAR-10 file from elsewhere cannot run code (``pickle.load`` would run whatever it names)."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    }  # fmt: skip
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise ConfigError(
+                f"A CIFAR-10 file asks to load {module}.{name}, which a data file never needs; "
+                "refusing it. Use the python version of CIFAR-10 from its official page."
+            )
+        return super().find_class(module, name)
+
+
+def load_batch(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        return _ArraysOnly(f, encoding="latin1").load()
+
+
 class CIFAR10Files(CIFAR10):
-    """torchvision's reader, checking that the files exist instead of their checksums, so any
-    copy in the same format (a subset, a re-packed archive, a test's tiny batches) loads."""
+    """torchvision's CIFAR-10 dataset, read with an unpickler that only builds arrays, and
+    checking that the files exist instead of their checksums, so any copy in the same format
+    (a subset, a re-packed archive, a test's tiny batches) loads."""
 
-    def _check_integrity(self) -> bool:
-        return not missing_files(self.root)
-
-    def _load_meta(self) -> None:
-        with open(Path(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
-            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+    def __init__(self, root: str, train: bool = True, transform: Any = None) -> None:
+        VisionDataset.__init__(self, root, transform=transform)
+        self.train = train
+        folder = Path(root, self.base_folder)
+        batches = [load_batch(folder / name) for name, _ in (self.train_list if train else self.test_list)]
+        self.data = np.vstack([b["data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        self.targets = [label for b in batches for label in b["labels"]]
+        self.classes = load_batch(folder / self.meta["filename"])[self.meta["key"]]
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
 
 
@@ -66,7 +94,7 @@ class CIFAR10DataModule(ImageFolderDataModule):
 
     def prepare_data(self) -> None:
         if missing_files(self.root) and self.hparams.download:
-            CIFAR10Files(str(self.root), download=True)
+            CIFAR10(str(self.root), download=True)
         self._require_files()
 
     def _require_files(self) -> None:

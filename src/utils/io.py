@@ -33,6 +33,13 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     return path
 
 
+def write_figure(fig: Any, path: str | Path, **savefig_kwargs: Any) -> Path:
+    """A matplotlib figure as an image file, written atomically like everything else."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", **savefig_kwargs)
+    return atomic_write(path, buffer.getvalue())
+
+
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     """``torch.load`` with ``weights_only=True``: tensors and plain containers only, so a
     checkpoint from someone else cannot execute code when it is opened."""

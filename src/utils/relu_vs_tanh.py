@@ -23,6 +23,8 @@ from hydra.experimental.callback import Callback as HydraCallback
 from lightning import Callback, LightningModule, Trainer
 from omegaconf import DictConfig, OmegaConf
 
+from src.utils.io import atomic_write, write_figure
+
 ACTIVATIONS = ("relu", "tanh")
 STYLES = {"relu": ("tab:blue", "-"), "tanh": ("tab:red", "--")}
 
@@ -285,7 +287,7 @@ def plot_figure1(
     axes[0, 0].legend(unique.values(), unique.keys(), fontsize=7)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=120)
+        write_figure(fig, path, dpi=120)
     return fig
 
 
@@ -302,9 +304,9 @@ def report(
         raise FileNotFoundError(f"No runs with TensorBoard train/error events under {sweep_dir}")
     summary = summarise(runs, target)
     plot_figure1(runs, summary, sweep_dir / figure)
-    (sweep_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write(sweep_dir / "summary.json", json.dumps(summary, indent=2))
     table = summary_table(summary)
-    (sweep_dir / "summary.md").write_text(f"# ReLU vs tanh: the paper's Figure 1\n\n{table}\n")
+    atomic_write(sweep_dir / "summary.md", f"# ReLU vs tanh: the paper's Figure 1\n\n{table}\n")
     return summary
 
 
