@@ -9,6 +9,7 @@ from hydra.utils import instantiate
 
 from src.models.classifier import load_classifier
 from src.train import train
+from src.utils import ConfigError
 from tests.conftest import (
     compose_config,
     imagefolder_overrides,
@@ -80,7 +81,7 @@ def test_ddp_sim_val_acc_equals_one_process(ddp_run, odd_overrides, tmp_path):
 def test_ddp_inside_a_multirun_is_refused(train_config):
     """ddp re-runs the command line for its other processes, which would repeat the sweep."""
     cfg = train_config("hydra.mode=MULTIRUN", "trainer=ddp", "trainer.devices=2", "debug=fdr")
-    with pytest.raises(RuntimeError, match="cannot run inside a multirun.*ddp_spawn"):
+    with pytest.raises(ConfigError, match="cannot run inside a multirun.*ddp_spawn"):
         train(cfg)
 
 

@@ -154,10 +154,12 @@ class ImageFolderDataModule(LightningDataModule):
         self.root = Path(root)
         self.datasets: dict[str, Dataset] = {}
         self.bad_images: dict[Path, str] = {}
-        # The training order and the loader workers' seeds come from this generator, seeded by
-        # the run's seed and saved in checkpoints (state_dict): a resumed run shuffles and
-        # augments as one that never stopped, whatever the sanity check or validation draw.
-        self.train_generator = torch.Generator().manual_seed(torch.initial_seed())
+        # The training order and the loader workers' seeds come from a generator of their own,
+        # seeded by the run's seed and saved in checkpoints (state_dict): a resumed run shuffles
+        # and augments as one that never stopped, whatever the sanity check or validation draw.
+        # Made in setup, in each process: a torch.Generator cannot be sent to ddp_spawn's.
+        self.seed = torch.initial_seed()
+        self.train_generator: torch.Generator | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -234,6 +236,8 @@ class ImageFolderDataModule(LightningDataModule):
         return datasets
 
     def setup(self, stage: str | None = None) -> None:
+        if self.train_generator is None:
+            self.train_generator = torch.Generator().manual_seed(self.seed)
         self.batch_size_per_device = self.per_device_batch_size()
         self.datasets = self.make_datasets(self.transforms())
         trainer = self.trainer

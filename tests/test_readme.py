@@ -1,0 +1,123 @@
+"""The README restates config values: every such statement is checked against the configs."""
+
+import functools
+from typing import Any
+
+import pytest
+from omegaconf import DictConfig, OmegaConf
+
+from src.models.classifier import ImageClassifier
+from tests.conftest import ROOT, compose
+
+README = (ROOT / "README.md").read_text()
+MODELS = ("alexnet", "alexnet_owt", "alexnet_half", "cnn4")
+DATA = ("imagefolder", "micrographs", "micrographs_64px", "cifar10")
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None:
+        return "none"
+    if OmegaConf.is_list(value):
+        return "/".join(fmt(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+@functools.cache
+def preset(group: str, name: str) -> DictConfig:
+    extra = ["data.root=x"] if name == "imagefolder" else []
+    return compose("train", [f"{group}={name}", *extra])[group]
+
+
+def grouped(group: str, names: tuple[str, ...], keys: list[str]) -> str:
+    """The presets with each combination of values, as the README's switch table writes them:
+    "`a`, `b`: 1, 2; `c`: 3, 4". Presets without the first key are left out; a key that is
+    null ends the value list with "none"; a config node (a key that only says "present") is
+    not shown."""
+    by_value: dict[str, list[str]] = {}
+    for name in names:
+        values = [OmegaConf.select(preset(group, name), key, default="missing") for key in keys]
+        if values[0] == "missing":
+            continue
+        shown = []
+        for value in values:
+            if value == "missing":
+                break
+            if not OmegaConf.is_dict(value):
+                shown.append(fmt(value))
+            if value is None:
+                break
+        by_value.setdefault(", ".join(shown), []).append(f"`{name}`")
+    return "; ".join(f"{', '.join(presets)}: {value}" for value, presets in by_value.items())
+
+
+SWITCHES = {
+    "`model.widths`, `model.hidden`": ("model", ["widths", "hidden"]),
+    "`model.groups`": ("model", ["groups"]),
+    "`model.activation`": ("model", ["activation"]),
+    "`model.lrn`": ("model", ["lrn"]),
+    "`model.pool_kernel`, `model.pool_stride`": ("model", ["pool_kernel", "pool_stride"]),
+    "`model.dropout`": ("model", ["dropout"]),
+    "`model.init`": ("model", ["init"]),
+    "`model.optimizer.lr`, `.momentum`, `.weight_decay`": (
+        "model", ["optimizer.lr", "optimizer.momentum", "optimizer.weight_decay"]
+    ),
+    "`model.scheduler.factor`, `.patience`": (
+        "model", ["scheduler", "scheduler.factor", "scheduler.patience"]
+    ),
+    "`data.resize_size`, `data.crop_size`, `data.augment`": (
+        "data", ["resize_size", "crop_size", "augment"]
+    ),
+    "`data.ten_crop`": ("data", ["ten_crop"]),
+    "`data.input_scale`": ("data", ["input_scale"]),
+    "`data.batch_size`": ("data", ["batch_size"]),
+}  # fmt: skip
+
+
+def switch_table() -> dict[str, str]:
+    """Config-key cell (up to its first parenthesis) -> presets cell."""
+    section = README.split("## The paper, switch by switch")[1]
+    table = section[section.index("| paper |") :].split("\n\n")[0]
+    rows = [line.split(" | ") for line in table.splitlines()[2:]]
+    return {cells[1].split(" (")[0]: cells[2].rstrip(" |") for cells in rows}
+
+
+@pytest.mark.parametrize("key", SWITCHES)
+def test_switch_table_states_the_presets_values(key):
+    group, keys = SWITCHES[key]
+    names = MODELS if group == "model" else DATA
+    assert switch_table()[key] == grouped(group, names, keys)
+
+
+def test_every_switch_row_is_checked():
+    assert set(switch_table()) == set(SWITCHES)
+
+
+@pytest.mark.parametrize(
+    ("name", "classes"), [("alexnet", 1000), ("alexnet_owt", 1000), ("alexnet_half", 14)]
+)
+def test_parameter_counts_in_the_readme_are_the_models(name, classes):
+    cfg = OmegaConf.to_container(preset("model", name))
+    kwargs = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("optimizer", "scheduler")}
+    net = ImageClassifier([str(i) for i in range(classes)], **kwargs).net
+    count = sum(p.numel() for p in net.parameters())
+    assert f"| `{name}`" in README and f"{count:,} at {classes} classes" in README
+
+
+def test_default_run_paragraph_states_the_default_config():
+    cfg = compose("train", [])
+    data, model = cfg.data, cfg.model
+    paragraph = README.split("## The default run")[1].split("Measured on")[0]
+    paragraph = " ".join(paragraph.split())
+    per_class = data.train_per_class * 14
+    assert f"`{cfg.hydra.runtime.choices.model}` on the built-in micrographs" in paragraph
+    assert f"{per_class:,} training images of {data.image_size} px" in paragraph
+    assert f"random {data.crop_size}-px crops" in paragraph
+    assert f"lr {model.optimizer.lr:g}, momentum {model.optimizer.momentum:g}" in paragraph
+    assert f"weight decay {model.optimizer.weight_decay:.0e}".replace("e-04", "e-4") in paragraph
+    assert f"has not improved for {model.scheduler.patience + 1} epochs" in paragraph
+    assert f"global batch {data.batch_size}, {cfg.trainer.max_epochs} epochs" in paragraph
