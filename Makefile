@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: install train test tensorboard lint format bench clean
+.PHONY: install train test tensorboard lint format bench soak clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ tensorboard: install
 ## training throughput of the model presets, side by side
 bench: install
 	$(BIN)/python -m src.utils.benchmark $(ARGS)
+
+## memory over epochs on 20,000 images, and the time to check them (writes bench/soak.md)
+soak: install
+	$(BIN)/python -m src.utils.soak $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .
