@@ -126,3 +126,16 @@ def test_entry_points_support_help_and_cfg(entry, args, tmp_path):
     assert "task_name:" in out.stdout
     helped = run_cli("--help", module=entry, cwd=tmp_path)
     assert "Powered by Hydra" in helped.stdout
+
+
+def test_paper_schedule_cuts_the_rate_then_stops(train_config):
+    """Section 5: lr / 10 when validation error stalls, three times in all (one here), then stop.
+    A rate of 1e-6 leaves the error where it is, so every epoch after the first stalls."""
+    cfg = train_config(
+        "model.optimizer.lr=1e-6", "model.scheduler.patience=0", "model.max_lr_drops=1",
+        "model.scheduler_monitor=val/error", "trainer.max_epochs=10", "test=false",
+    )  # fmt: skip
+    train(cfg)
+    curves = scalars(Path(cfg.paths.output_dir))
+    assert len(curves["val/error"]) == 3
+    assert curves["lr-SGD"] == pytest.approx([1e-6, 1e-6, 1e-7])

@@ -1,5 +1,6 @@
 """The LightningModule: any classifier network, cross-entropy, SGD, per-stage metrics."""
 
+import logging
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from src.utils import ConfigError, UserError
 from src.utils.io import load_checkpoint
 
 STAGES = ("train", "val", "test")
+log = logging.getLogger(__name__)
 
 
 class DivergedError(UserError):
@@ -102,6 +104,7 @@ class ImageClassifier(LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         scheduler_monitor: str = "val/loss",
+        max_lr_drops: int | None = None,
         **arch_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -195,6 +198,21 @@ class ImageClassifier(LightningModule):
                 f"{sorted(self.trainer.callback_metrics)}"
             )
         self.lr_scheduler.step(self.trainer.callback_metrics[monitor])
+        limit = self.hparams.max_lr_drops
+        if limit is not None and self.lr_drops() > limit:
+            # section 5: the rate was cut three times; the next plateau ended training
+            log.info(
+                "Stopping after epoch %d: %s stalled again after %d learning-rate cuts "
+                "(model.max_lr_drops)", self.current_epoch, monitor, limit,
+            )  # fmt: skip
+            self.trainer.should_stop = True
+
+    def lr_drops(self) -> int:
+        """How many times the plateau scheduler has cut the configured rate, read from the rate
+        itself (so a resumed run counts the cuts made before it)."""
+        configured = self.optimizer_factory.keywords["lr"]
+        current = self.lr_scheduler.optimizer.param_groups[0]["lr"]
+        return round(math.log(configured / current) / -math.log(self.lr_scheduler.factor))
 
     def on_validation_epoch_end(self) -> None:
         values = self._log_epoch("val")
