@@ -68,6 +68,7 @@ SWITCHES = {
     "`model.scheduler.factor`, `.patience`": (
         "model", ["scheduler", "scheduler.factor", "scheduler.patience"]
     ),
+    "`model.max_lr_drops`": ("model", ["max_lr_drops"]),
     "`data.resize_size`, `data.crop_size`, `data.augment`": (
         "data", ["resize_size", "crop_size", "augment"]
     ),
