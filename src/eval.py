@@ -5,6 +5,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from src.experiments.figures import write_figure4
 from src.models.classifier import load_classifier
 from src.utils import instantiate_all
 
@@ -24,6 +25,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_all(cfg.get("logger")))
     run = trainer.test if cfg.split == "test" else trainer.validate
     (results,) = run(model, datamodule=datamodule)
+    if cfg.get("figures"):
+        write_figure4(model, datamodule, cfg.paths.output_dir)
     return {k: float(v) for k, v in results.items()}
 
 
