@@ -1,5 +1,6 @@
 """Train a model, then test its best checkpoint: ``python -m src.train [overrides]``."""
 
+import logging
 import multiprocessing
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from src.data.datamodule import write_class_indices
 from src.utils import instantiate_all
 
+log = logging.getLogger(__name__)
+
 
 @rank_zero_only
 def print_summary(metrics: dict[str, float], trainer: L.Trainer, output_dir: Path) -> None:
@@ -28,7 +31,7 @@ def print_summary(metrics: dict[str, float], trainer: L.Trainer, output_dir: Pat
         f"class indices    {output_dir / 'class_indices.json'}",
         f"curves           tensorboard --logdir {output_dir}",
     ]
-    print("\n" + "\n".join(lines))
+    log.info("summary\n%s", "\n".join(lines))
 
 
 def check_launch(trainer: L.Trainer) -> None:
