@@ -49,11 +49,12 @@ def test_run_logs_samples_filters_confusion_and_speed(run):
     assert len(samples) == 1 and samples[0].step == 0
     # 8 images of the first batch, 64 px crops shown at 96 px or more, labelled
     assert samples[0].width >= 8 * 96 and samples[0].height >= 96
-    filters = logged.Images("filters/conv1")
-    assert [e.step for e in filters] == [0, 7, 14]  # start, then after each of 2 epochs
-    # the sanity check is not a validation epoch
+    # at the start, then after each of the 2 epochs of 4 steps (28 images in batches of 8)
+    epoch_ends = [4, 8]
+    assert [e.step for e in logged.Images("filters/conv1")] == [0, *epoch_ends]
+    # one per validation epoch: the sanity check is none
     matrices = logged.Images("val/confusion_matrix")
-    assert [e.step for e in matrices] == [7, 14]
+    assert [e.step for e in matrices] == epoch_ends
     assert image(matrices[0]).std() > 10
     speed = [e.value for e in logged.Scalars("train/images_per_second")]
     assert len(speed) == 2 and min(speed) > 0
@@ -66,7 +67,7 @@ def test_callbacks_switch_off_and_need_tensorboard(train_config):
     assert "TrainingSamples" not in names and "ValidationConfusionMatrix" not in names
     assert {"FirstLayerFilters", "ImagesPerSecond", "HyperparametersWithMetrics"} <= names
     # with the CSV logger only, the image callbacks stay quiet and training runs
-    cfg = train_config("logger=csv", "trainer.limit_train_batches=1", "test=false")
+    cfg = train_config("logger=csv", "+trainer.limit_train_batches=1", "test=false")
     metrics = train(cfg)
     assert "train/images_per_second" in metrics
     assert not list(Path(cfg.paths.output_dir).rglob("events.out.tfevents.*"))
@@ -74,7 +75,7 @@ def test_callbacks_switch_off_and_need_tensorboard(train_config):
 
 def test_alexnet_filters_show_the_two_towers_as_two_blocks(train_config):
     """groups=2: conv1's first and last 48 kernels as two blocks with a blank band between."""
-    quick = ["trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false"]
+    quick = ["+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1", "test=false"]
     no_checkpoints = [
         "callbacks.model_checkpoint=null",
         "callbacks.last_checkpoint=null",
