@@ -112,17 +112,14 @@ def neighbours_figure(
     return fig
 
 
-def write_figure4(
+def figure4(
     model: ImageClassifier,
     datamodule: LightningDataModule,
-    output_dir: str | Path,
     n_images: int = 5,
     n_neighbours: int = 6,
-) -> dict[str, Path]:
-    """Writes ``figure4_top5.png`` and ``figure4_neighbours.png`` for ``n_images`` validation
-    images spread over the split; returns their paths."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+) -> dict[str, Figure]:
+    """Both halves of Figure 4 for ``n_images`` validation images spread over the split:
+    ``{"top5": ..., "neighbours": ...}``."""
     data = datamodule.hparams
     datamodule.prepare_data()
     centre_crop = datamodule.transforms()["val"]
@@ -140,18 +137,28 @@ def write_figure4(
     pool = predict_with_features(model, train, **loader_args)
     nearest = nearest_neighbours(queries.features, pool.features, n_neighbours)
 
-    paths = {
-        "top5": output_dir / "figure4_top5.png",
-        "neighbours": output_dir / "figure4_neighbours.png",
-    }
     query_pixels = pixels(val, picked)
-    top5_figure(query_pixels, queries.probs, queries.labels, names).savefig(paths["top5"])
     neighbour_pixels = pixels(train, nearest.flatten()).unflatten(0, nearest.shape)
-    neighbours_figure(
-        query_pixels,
-        [names[i] for i in queries.labels.tolist()],
-        neighbour_pixels,
-        [[names[pool.labels[i]] for i in row] for row in nearest.tolist()],
-    ).savefig(paths["neighbours"])
+    return {
+        "top5": top5_figure(query_pixels, queries.probs, queries.labels, names),
+        "neighbours": neighbours_figure(
+            query_pixels,
+            [names[i] for i in queries.labels.tolist()],
+            neighbour_pixels,
+            [[names[pool.labels[i]] for i in row] for row in nearest.tolist()],
+        ),
+    }
+
+
+def write_figure4(
+    model: ImageClassifier, datamodule: LightningDataModule, output_dir: str | Path
+) -> dict[str, Path]:
+    """Saves ``figure4_top5.png`` and ``figure4_neighbours.png``; returns their paths."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, fig in figure4(model, datamodule).items():
+        paths[name] = output_dir / f"figure4_{name}.png"
+        fig.savefig(paths[name])
     log.info("figure 4: %s, %s", paths["top5"], paths["neighbours"])
     return paths
