@@ -96,7 +96,8 @@ def neighbours_figure(
     neighbours: torch.Tensor,
     neighbour_labels: Sequence[Sequence[str]],
 ) -> Figure:
-    """One row per 0-1 query image: the query, a gap, then its nearest training images."""
+    """One row per 0-1 query image: the query, a gap, then its nearest training images, their
+    class in black where it is the query's, grey where not."""
     rows, k = neighbours.shape[:2]
     fig = Figure(figsize=(1.6 * (k + 1.3), 1.75 * rows), dpi=100, layout="constrained")
     axes = fig.subplots(rows, k + 2, squeeze=False, width_ratios=(1, 0.3, *[1] * k))
@@ -106,7 +107,8 @@ def neighbours_figure(
         for col in range(k):
             ax = axes[row, col + 2]
             ax.imshow(neighbours[row, col].permute(1, 2, 0).numpy())
-            ax.set_title(neighbour_labels[row][col], fontsize=9)
+            same = neighbour_labels[row][col] == query_labels[row]
+            ax.set_title(neighbour_labels[row][col], fontsize=9, color="black" if same else "gray")
         for ax in axes[row]:
             ax.axis("off")
     return fig
