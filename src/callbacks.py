@@ -264,14 +264,16 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 class HyperparametersWithMetrics(Callback):
     """Fills TensorBoard's HPARAMS tab: the hyper-parameters the run logged (``src.train`` logs
-    its whole config), flattened to ``model.optimizer.lr`` and so on, next to ``metrics``.
+    its whole config), flattened to ``model.optimizer.lr`` and so on, less the ``ignore`` groups
+    (bookkeeping such as paths), next to ``metrics``.
 
     Only the metric names are written here; TensorBoard shows each metric's last logged scalar,
     so the values are the run's final metrics and no placeholder ever enters a curve.
     """
 
-    def __init__(self, metrics: Sequence[str]) -> None:
+    def __init__(self, metrics: Sequence[str], ignore: Sequence[str] = ()) -> None:
         self.metrics = list(metrics)
+        self.ignore = list(ignore)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         logger = find_tensorboard(trainer)
@@ -280,7 +282,7 @@ class HyperparametersWithMetrics(Callback):
         params = {
             k: v if isinstance(v, int | float | str) else str(v)
             for k, v in flatten(logger.hparams).items()
-            if v is not None
+            if v is not None and k.split(".")[0] not in self.ignore
         }
         experiment, session_start, _ = hparams(params, dict.fromkeys(self.metrics, math.nan))
         writer = logger.experiment.file_writer
