@@ -5,7 +5,6 @@ The image callbacks act only when the trainer has a TensorBoardLogger and draw o
 the drawing functions are public so notebooks and ``src.experiments.figures`` reuse them.
 """
 
-import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -264,15 +263,16 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 class HyperparametersWithMetrics(Callback):
     """Fills TensorBoard's HPARAMS tab: the hyper-parameters the run logged (``src.train`` logs
-    its whole config), flattened to ``model.optimizer.lr`` and so on, less the ``ignore`` groups
-    (bookkeeping such as paths), next to ``metrics``.
+    its whole config), flattened to ``model.optimizer.lr`` and so on, less the ``ignore`` keys
+    and groups (bookkeeping such as paths) and Hydra's ``_convert_``/``_partial_`` flags.
 
-    Only the metric names are written here; TensorBoard shows each metric's last logged scalar,
-    so the values are the run's final metrics and no placeholder ever enters a curve.
+    Only the session start is written, with the hyper-parameters: TensorBoard then pairs them
+    with every scalar of the run at its last logged value (so the run's final metrics, and no
+    placeholder ever enters a curve), and over a sweep it lists first the hyper-parameters
+    that differ between the jobs.
     """
 
-    def __init__(self, metrics: Sequence[str], ignore: Sequence[str] = ()) -> None:
-        self.metrics = list(metrics)
+    def __init__(self, ignore: Sequence[str] = ()) -> None:
         self.ignore = list(ignore)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -282,9 +282,9 @@ class HyperparametersWithMetrics(Callback):
         params = {
             k: v if isinstance(v, int | float | str) else str(v)
             for k, v in flatten(logger.hparams).items()
-            if v is not None and k.split(".")[0] not in self.ignore
+            if v is not None
+            and not any(k == i or k.startswith(f"{i}.") for i in self.ignore)
+            and not k.endswith(("._convert_", "._partial_"))
         }
-        experiment, session_start, _ = hparams(params, dict.fromkeys(self.metrics, math.nan))
-        writer = logger.experiment.file_writer
-        writer.add_summary(experiment)
-        writer.add_summary(session_start)
+        _, session_start, _ = hparams(params, {})
+        logger.experiment.file_writer.add_summary(session_start)
