@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src.data.datamodule import datamodule_from_checkpoint
+from src.experiments.figures import write_figure4
 from src.models.classifier import load_classifier
 from src.utils import ConfigError, exit_on_user_error, instantiate_all
 
@@ -30,6 +31,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_all(cfg.get("logger")))
     run = trainer.test if cfg.split == "test" else trainer.validate
     (results,) = run(model, datamodule=datamodule)
+    if cfg.get("figures"):
+        write_figure4(model, datamodule, cfg.paths.output_dir)
     return {k: float(v) for k, v in results.items()}
 
 

@@ -5,6 +5,7 @@ data set: class names and preprocessing come from the checkpoint.
 """
 
 import json
+import logging
 from pathlib import Path
 
 import hydra
@@ -19,6 +20,8 @@ from src.data.transforms import eval_transform
 from src.models.classifier import load_classifier
 from src.utils import MissingFileError, exit_on_user_error
 from src.utils.io import atomic_write, write_figure
+
+log = logging.getLogger(__name__)
 
 
 def find_images(path: str | Path) -> list[Path]:
@@ -65,12 +68,11 @@ def predict(cfg: DictConfig) -> list[dict]:
         ranked = [(names[i], float(p)) for p, i in zip(top.values, top.indices, strict=True)]
         png = out / f"{path.stem}_prediction.png"
         save_figure(image, f"class: {ranked[0][0]}   prob: {ranked[0][1]:.3f}", png)
-        print(f"{path}")
-        for rank, (name, p) in enumerate(ranked, 1):
-            print(f"  {rank}. {name:<12} {p:.4f}")
+        lines = [f"  {rank}. {name:<12} {p:.4f}" for rank, (name, p) in enumerate(ranked, 1)]
+        log.info("%s\n%s", path, "\n".join(lines))
         results.append({"image": str(path), "top": ranked, "figure": str(png)})
     atomic_write(out / "predictions.json", json.dumps(results, indent=2))
-    print(f"figures and predictions.json in {out}")
+    log.info("figures and predictions.json in %s", out)
     return results
 
 

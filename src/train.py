@@ -36,7 +36,7 @@ def print_summary(metrics: dict[str, float], trainer: L.Trainer, output_dir: Pat
         f"class indices    {output_dir / 'class_indices.json'}",
         f"curves           tensorboard --logdir {output_dir}",
     ]
-    print("\n" + "\n".join(lines))
+    log.info("summary\n%s", "\n".join(lines))
 
 
 def in_multirun() -> bool:

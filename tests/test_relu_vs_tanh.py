@@ -116,6 +116,8 @@ def test_sweep_writes_both_runs_figure_and_summary(figure1_sweep):
     assert entry["relu"]["lr"] == entry["tanh"]["lr"] == 0.01
     assert entry["relu"]["epochs_run"] == [2] and len(entry["tanh"]["final_train_error"]) == 1
     assert "| all | relu | 0.01 |" in stdout and (sweep_dir / "summary.md").is_file()
+    # the report is logged, into the sweep's own log file too
+    assert "| all | relu | 0.01 |" in (sweep_dir / "report.log").read_text()
 
     image = Image.open(sweep_dir / "figure1.png")
     assert image.format == "PNG"

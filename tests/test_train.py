@@ -1,4 +1,5 @@
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -71,13 +72,14 @@ def test_resume_continues_at_the_next_epoch(trained, train_config):
     assert len(scalars(Path(resumed.paths.output_dir))["train/acc"]) == 1
 
 
-def test_predict_prints_top5_and_saves_the_picture(trained, tiny_root, tmp_path, capsys):
+def test_predict_logs_top5_and_saves_the_picture(trained, tiny_root, tmp_path, caplog):
     cfg, _, _ = trained
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     image = next((tiny_root / "val" / "8.0").iterdir())
     pcfg = compose_config("predict", [f"ckpt_path={ckpt}", f"image={image}"], tmp_path)
+    caplog.set_level(logging.INFO, logger="src.predict")
     (result,) = predict(pcfg)
-    out = capsys.readouterr().out
+    out = caplog.text
     assert str(image) in out and out.count("\n  ") >= 5
     # the probabilities the validation loop computes for the same file: predict preprocesses
     # exactly as training evaluated (crop, scale), from the checkpoint alone
@@ -113,6 +115,8 @@ def test_command_line_run_writes_a_run_directory(tiny_overrides, tmp_path):
     assert (run / "class_indices.json").is_file()
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert f"tensorboard --logdir {run.resolve()}" in result.stdout
+    # the summary is logged, so the run's log file holds it too
+    assert f"tensorboard --logdir {run.resolve()}" in (run / "train.log").read_text()
 
 
 @pytest.mark.slow

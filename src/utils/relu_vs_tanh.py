@@ -11,6 +11,7 @@ notebook and any sweep folder copied from elsewhere.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
 import time
@@ -24,6 +25,8 @@ from lightning import Callback, LightningModule, Trainer
 from omegaconf import DictConfig, OmegaConf
 
 from src.utils.io import atomic_write, write_figure
+
+log = logging.getLogger(__name__)
 
 ACTIVATIONS = ("relu", "tanh")
 STYLES = {"relu": ("tab:blue", "-"), "tanh": ("tab:red", "--")}
@@ -326,7 +329,15 @@ class ReluVsTanhReport(HydraCallback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         summary = report(sweep_dir, self.target, self.condition_keys, self.figure)
-        print(f"\n{summary_table(summary)}\n")
-        print(f"figure   {sweep_dir / self.figure}")
-        print(f"summary  {sweep_dir / 'summary.md'}, {sweep_dir / 'summary.json'}")
-        print(f"curves   tensorboard --logdir {sweep_dir}")
+        # the sweep's own log, next to the figure; the console shows the same lines
+        handler = logging.FileHandler(sweep_dir / "report.log")
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s] - %(message)s"))
+        log.addHandler(handler)
+        try:
+            log.info("ReLU vs tanh\n%s", summary_table(summary))
+            log.info("figure   %s", sweep_dir / self.figure)
+            log.info("summary  %s, %s", sweep_dir / "summary.md", sweep_dir / "summary.json")
+            log.info("curves   tensorboard --logdir %s", sweep_dir)
+        finally:
+            log.removeHandler(handler)
+            handler.close()

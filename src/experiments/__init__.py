@@ -1,0 +1,1 @@
+"""The paper's qualitative results, computed from checkpoints."""
