@@ -41,7 +41,7 @@ def load_rgb(path: str | Path) -> Image.Image:
         return image.convert("RGB")
 
 
-def _problem(path: Path) -> str | None:
+def problem_with(path: str | Path) -> str | None:
     """What is wrong with the file, or None if it decodes."""
     try:
         load_rgb(path)
@@ -50,26 +50,40 @@ def _problem(path: Path) -> str | None:
     return None
 
 
+def _stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _read_verdicts(cache_file: Path) -> dict[str, list]:
+    try:
+        return json.loads(cache_file.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def record_verdicts(cache_file: Path, verdicts: dict[Path, str | None]) -> None:
+    """Store verdicts found elsewhere (the decode-once cache decodes every file anyway), so
+    ``find_bad_images`` does not decode those files again."""
+    cached = _read_verdicts(cache_file)
+    cached |= {str(p): [*_stamp(p), problem] for p, problem in verdicts.items()}
+    atomic_write(cache_file, json.dumps(cached))
+
+
 def find_bad_images(paths: Sequence[Path], cache_file: Path) -> dict[Path, str]:
     """Decode every file once and return the broken ones with what is wrong with each.
 
     Verdicts are kept in ``cache_file`` by path, size and modification time, so a file is decoded
     again only when it changes: the second run over the same data pays a ``stat`` per file.
     """
-    try:
-        cached = json.loads(cache_file.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        cached = {}
-    stamps = {}
-    for path in paths:
-        st = path.stat()
-        stamps[str(path)] = [st.st_size, st.st_mtime_ns]
+    cached = _read_verdicts(cache_file)
+    stamps = {str(p): _stamp(p) for p in paths}
     todo = [p for p in paths if cached.get(str(p), [None])[:2] != stamps[str(p)]]
     if todo:
         log.info("Checking %d of %d images (decoding each once)", len(todo), len(paths))
         # PIL decodes with the interpreter lock released: threads use every core.
         with ThreadPoolExecutor() as pool:
-            for path, problem in zip(todo, pool.map(_problem, todo), strict=True):
+            for path, problem in zip(todo, pool.map(problem_with, todo), strict=True):
                 cached[str(path)] = [*stamps[str(path)], problem]
         atomic_write(cache_file, json.dumps({str(p): cached[str(p)] for p in paths}))
     return {p: cached[str(p)][2] for p in paths if cached[str(p)][2] is not None}
