@@ -23,7 +23,8 @@ def odd_overrides(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         image = next((root / split / "6.5").iterdir())
         shutil.copy(image, image.with_name(f"copy{image.suffix}"))
     return [
-        "data=imagefolder", f"data.root={root}", "data.resize_size=72", "data.crop_size=64",
+        "data=imagefolder", f"data.root={root}", f"data.cache_dir={root.parent / 'cache'}",
+        "data.resize_size=72", "data.crop_size=64",
         "data.batch_size=8", "data.num_workers=0", "callbacks.progress_bar=null",
         "callbacks.model_summary=null",
     ]  # fmt: skip

@@ -54,6 +54,11 @@ class CIFAR10DataModule(ImageFolderDataModule):
         std: tuple[float, ...] = CIFAR10_STD,
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("backend", "pil") != "pil":
+            raise ValueError(
+                "data.backend=cache reads image folders; CIFAR-10's images are already decoded "
+                "arrays in memory: use data.backend=pil"
+            )
         super().__init__(
             root=root, resize_size=resize_size, crop_size=crop_size, mean=mean, std=std, **kwargs
         )

@@ -12,6 +12,9 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
+from src.data.cache import CachedImages, as_batch, cache_folder, ensure_cache
+from src.data.gpu_augment import centre_crop, normalise, random_crops, ten_crops
+from src.data.images import load_rgb
 from src.data.micrographs import CLASSES, ensure_micrographs
 from src.data.transforms import (
     IMAGENET_MEAN,
@@ -20,6 +23,11 @@ from src.data.transforms import (
     eval_transform,
     train_transform,
 )
+
+
+# pil: decode, resize and augment every image in the loader's workers (torchvision transforms);
+# cache: decode once into a memory-mapped cache, augment whole batches on the model's device.
+BACKENDS = ("pil", "cache")
 
 
 def class_folders(split_dir: Path) -> list[str]:
@@ -80,6 +88,10 @@ class ImageFolderDataModule(LightningDataModule):
 
     ``batch_size`` is the global batch: each of the trainer's devices gets an equal share, as the
     paper's batch of 128 was split over its two GPUs.
+
+    ``backend="cache"`` decodes every split once into ``cache_dir`` (see src/data/cache.py) and
+    crops, flips and normalises whole batches in ``on_after_batch_transfer``, on the device the
+    model runs on; ``"pil"`` does all of it per image in the loader's workers.
     """
 
     def __init__(
@@ -96,11 +108,20 @@ class ImageFolderDataModule(LightningDataModule):
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
         input_scale: str = "standardised",
+        backend: str = "pil",
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
         if input_scale not in INPUT_SCALES:
             raise ValueError(f"data.input_scale={input_scale!r} is not one of {list(INPUT_SCALES)}")
+        if backend not in BACKENDS:
+            raise ValueError(f"data.backend={backend!r} is not one of {list(BACKENDS)}")
+        if backend == "cache" and not cache_dir:
+            raise ValueError(
+                "data.backend=cache needs data.cache_dir: a folder outside the data root for the "
+                "decoded images (or data.backend=pil)"
+            )
         if crop_size > resize_size:
             raise ValueError(
                 f"data.crop_size={crop_size} is larger than data.resize_size={resize_size}"
@@ -114,6 +135,33 @@ class ImageFolderDataModule(LightningDataModule):
 
     def prepare_data(self) -> None:
         check_image_folder(self.root)
+        self.prepare_cache()
+
+    def split_folders(self) -> dict[str, str]:
+        """The folder each stage reads: test falls back to val."""
+        test = "test" if (self.root / "test").is_dir() else "val"
+        return {"train": "train", "val": "val", "test": test}
+
+    def prepare_cache(self) -> None:
+        """Build the decode-once cache of every split folder that lacks one. Lightning runs
+        prepare_data in one process per node while the others wait, so one process builds it."""
+        if self.hparams.backend != "cache":
+            return
+        for folder in sorted(set(self.split_folders().values())):
+            ensure_cache(self.root / folder, self.hparams.cache_dir, self.hparams.resize_size)
+
+    def make_cached_datasets(self) -> dict[str, Dataset]:
+        hp = self.hparams
+        datasets = {
+            split: CachedImages(cache_folder(self.root / folder, hp.cache_dir, hp.resize_size))
+            for split, folder in self.split_folders().items()
+        }
+        if datasets["train"].classes != self.classes:
+            raise ValueError(
+                f"Class folders of '{self.root}' {datasets['train'].classes} differ from the "
+                f"expected {self.classes}"
+            )
+        return datasets
 
     def per_device_batch_size(self) -> int:
         world = self.trainer.world_size if self.trainer is not None else 1
@@ -140,7 +188,7 @@ class ImageFolderDataModule(LightningDataModule):
         test_split = "test" if (self.root / "test").is_dir() else "val"
         folders = {"train": "train", "val": "val", "test": test_split}
         datasets = {
-            split: ImageFolder(str(self.root / folder), transform=transforms[split])
+            split: ImageFolder(str(self.root / folder), transform=transforms[split], loader=load_rgb)
             for split, folder in folders.items()
         }
         if datasets["train"].classes != self.classes:
@@ -153,10 +201,15 @@ class ImageFolderDataModule(LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.batch_size_per_device = self.per_device_batch_size()
-        self.datasets = self.make_datasets(self.transforms())
+        if self.hparams.backend == "cache":
+            self.datasets = self.make_cached_datasets()
+        else:
+            self.datasets = self.make_datasets(self.transforms())
 
     def _loader(self, split: str, **kwargs: Any) -> DataLoader:
         hp = self.hparams
+        if hp.backend == "cache":
+            kwargs["collate_fn"] = as_batch
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size_per_device,
@@ -189,6 +242,24 @@ class ImageFolderDataModule(LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With the cache backend, the per-image transforms of the pil path, done on the whole
+        uint8 batch where it now is: on the model's device."""
+        hp = self.hparams
+        if hp.backend != "cache":
+            return batch
+        images, labels = batch
+        trainer = self.trainer
+        if trainer.training and hp.augment:
+            images = random_crops(images, hp.crop_size)
+        elif trainer.testing and hp.ten_crop:
+            images = ten_crops(images, hp.crop_size)
+        else:
+            images = centre_crop(images, hp.crop_size)
+        # born in the memory format the model asks for (model.channels_last)
+        channels_last = trainer.lightning_module.hparams.get("channels_last", False)
+        return normalise(images, hp.mean, hp.std, hp.input_scale, channels_last=channels_last), labels
 
 
 class MicrographDataModule(ImageFolderDataModule):
@@ -223,3 +294,4 @@ class MicrographDataModule(ImageFolderDataModule):
             image_size=hp.image_size,
             seed=hp.seed,
         )
+        self.prepare_cache()
