@@ -243,23 +243,31 @@ class ImageFolderDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """With the cache backend, the per-image transforms of the pil path, done on the whole
-        uint8 batch where it now is: on the model's device."""
+    def device_transform(
+        self, images: torch.Tensor, stage: str, channels_last: bool = False
+    ) -> torch.Tensor:
+        """What the pil path's per-image transforms do, done on a whole uint8 (B, 3, S, S) batch
+        of the cache wherever it is: random crops and flips for ``train``, the centre crop (or
+        ten crops for ``test`` with ``ten_crop``) otherwise, then normalisation."""
         hp = self.hparams
-        if hp.backend != "cache":
-            return batch
-        images, labels = batch
-        trainer = self.trainer
-        if trainer.training and hp.augment:
+        if stage == "train" and hp.augment:
             images = random_crops(images, hp.crop_size)
-        elif trainer.testing and hp.ten_crop:
+        elif stage == "test" and hp.ten_crop:
             images = ten_crops(images, hp.crop_size)
         else:
             images = centre_crop(images, hp.crop_size)
+        return normalise(images, hp.mean, hp.std, hp.input_scale, channels_last=channels_last)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With the cache backend, the batch is transformed here, on the model's device."""
+        if self.hparams.backend != "cache":
+            return batch
+        images, labels = batch
+        trainer = self.trainer
+        stage = "train" if trainer.training else "test" if trainer.testing else "val"
         # born in the memory format the model asks for (model.channels_last)
         channels_last = trainer.lightning_module.hparams.get("channels_last", False)
-        return normalise(images, hp.mean, hp.std, hp.input_scale, channels_last=channels_last), labels
+        return self.device_transform(images, stage, channels_last), labels
 
 
 class MicrographDataModule(ImageFolderDataModule):
