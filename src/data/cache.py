@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 INDEX = "index.json"
+CHUNK = 1024
 
 
 def list_images(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]]:
@@ -80,14 +81,14 @@ def _write(split_dir: Path, folder: Path, resize_size: int) -> dict[str, Any]:
     classes, samples = list_images(split_dir)
     shape = (len(samples), 3, resize_size, resize_size)
     images = np.lib.format.open_memmap(folder / "images.npy", "w+", np.uint8, shape)
-
-    def decode(i: int) -> None:
-        images[i] = square_pixels(samples[i][0], resize_size)
-
-    # Threads: Pillow releases the interpreter lock while it decodes and resizes.
+    paths = [path for path, _ in samples]
+    # Threads: Pillow releases the interpreter lock while it decodes and resizes. Chunks keep
+    # the queue of pending images short on a folder of millions.
     with ThreadPoolExecutor(max_workers=_worker_count()) as pool:
-        for _ in pool.map(decode, range(len(samples))):
-            pass
+        for start in range(0, len(paths), CHUNK):
+            chunk = paths[start : start + CHUNK]
+            decoded = pool.map(square_pixels, chunk, [resize_size] * len(chunk))
+            images[start : start + len(chunk)] = np.stack(list(decoded))
     images.flush()
     del images
     np.save(folder / "labels.npy", np.array([label for _, label in samples], dtype=np.int64))

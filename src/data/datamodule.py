@@ -24,7 +24,6 @@ from src.data.transforms import (
     train_transform,
 )
 
-
 # pil: decode, resize and augment every image in the loader's workers (torchvision transforms);
 # cache: decode once into a memory-mapped cache, augment whole batches on the model's device.
 BACKENDS = ("pil", "cache")
@@ -188,7 +187,9 @@ class ImageFolderDataModule(LightningDataModule):
         test_split = "test" if (self.root / "test").is_dir() else "val"
         folders = {"train": "train", "val": "val", "test": test_split}
         datasets = {
-            split: ImageFolder(str(self.root / folder), transform=transforms[split], loader=load_rgb)
+            split: ImageFolder(
+                str(self.root / folder), transform=transforms[split], loader=load_rgb
+            )
             for split, folder in folders.items()
         }
         if datasets["train"].classes != self.classes:

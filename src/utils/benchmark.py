@@ -98,7 +98,9 @@ def images_per_second(batches: Callable[[], Iterable[Any]], transform: Callable)
     return seen / (time.perf_counter() - start)
 
 
-def seed_article_loader(root: Path, batch: int, workers: int) -> DataLoader:
+def seed_article_loader(
+    root: Path, batch: int, workers: int, pin_memory: bool = False
+) -> DataLoader:
     """The seed article's training input: ImageFolder, RandomResizedCrop(224), flip, per image."""
     augment = transforms.Compose(
         [
@@ -110,8 +112,9 @@ def seed_article_loader(root: Path, batch: int, workers: int) -> DataLoader:
     )
     dataset = ImageFolder(str(root / "train"), transform=augment)
     return DataLoader(
-        dataset, batch_size=batch, shuffle=True, num_workers=workers, persistent_workers=True
-    )
+        dataset, batch_size=batch, shuffle=True, num_workers=workers, persistent_workers=True,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+    )  # fmt: skip
 
 
 def litdata_sample(sample: tuple[str, int]) -> dict[str, Any]:
