@@ -1,13 +1,14 @@
 """Side-by-side measurements on this machine, written to ``bench/results.md``:
-``python -m src.utils.benchmark [--out bench/results.md] [--time-to-accuracy]`` (``make bench``).
+``python -m src.utils.benchmark [--out PATH]`` (``make bench``, a few minutes).
 
 1. Input path: images/s delivered to the model by the seed article's per-image pipeline and by
    ours (after the decode-once cache is built, on-device augmentation included), on one JPEG
    tree, with the same workers.
 2. Framework overhead: training images/s of a plain PyTorch loop and of our Lightning module at
    ``make train``'s model, input size and batch, on the same batches.
-3. With ``--time-to-accuracy``: seconds until val/acc first reaches 50 % with ``make train``'s
-   settings, pil path vs cache path (several minutes).
+3. Only with ``--time-to-accuracy``, into ``bench/time_to_accuracy.md``: seconds until val/acc
+   first reaches 50 % with ``make train``'s settings, pil path vs cache path (two training
+   runs: 5-30 minutes, depending on the machine's load).
 4. One SGD step of each model preset.
 
 Every figure is the median of ``--reps`` repetitions, given with its range; the repetitions of
@@ -63,6 +64,13 @@ def summary(rates: list[float]) -> tuple[float, str]:
     return statistics.median(rates), f"{min(rates):,.0f}-{max(rates):,.0f}"
 
 
+def paired_ratio(rates: list[float], base: list[float]) -> str:
+    """Median and range of the ratios of repetitions run back to back: a change in the
+    machine's load between repetitions cancels out."""
+    ratios = [r / b for r, b in zip(rates, base, strict=True)]
+    return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
 # 1. Input path
 
 
@@ -88,14 +96,19 @@ def make_jpeg_tree(root: Path, count: int) -> Path:
     return root
 
 
-def images_per_second(batches: Callable[[], Iterable[Any]], transform: Callable) -> float:
+def images_per_second(
+    batches: Callable[[], Iterable[Any]], transform: Callable
+) -> tuple[float, float]:
     """Images per second of one pass over ``batches()``, each batch transformed as the model
-    would receive it."""
-    start, seen = time.perf_counter(), 0
+    would receive it, and the share of the time spent in ``transform``."""
+    start, seen, transforming = time.perf_counter(), 0, 0.0
     for batch in batches():
+        before = time.perf_counter()
         images, labels = transform(batch)
+        transforming += time.perf_counter() - before
         seen += len(labels)
-    return seen / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    return seen / elapsed, transforming / elapsed
 
 
 def seed_article_loader(
@@ -179,24 +192,31 @@ def input_path(work: Path, count: int, batch: int, workers: int, reps: int) -> l
         pipelines[lit_name] = (lambda: lit, lambda b: on_device((b["image"], b["label"])))
 
     rates: dict[str, list[float]] = {name: [] for name in pipelines}
+    shares: dict[str, list[float]] = {name: [] for name in pipelines}
     for batches, transform in pipelines.values():
         images_per_second(batches, transform)  # warm-up: workers start, files reach the cache
     for _ in range(reps):
         for name, (batches, transform) in pipelines.items():
-            rates[name].append(images_per_second(batches, transform))
-    base = statistics.median(rates[next(iter(rates))])
+            rate, share = images_per_second(batches, transform)
+            rates[name].append(rate)
+            shares[name].append(share)
+    article_rates = rates[next(iter(rates))]
     lines = [
         f"{count} JPEGs of {JPEG_SIZE[0]}x{JPEG_SIZE[1]} px in {CLASSES} classes, batch {batch}, "
-        f"{workers} loader workers, output 224 px float batches on the CPU; {reps} passes each.",
+        f"{workers} loader workers, output 224 px float batches on the CPU; {reps} passes each, "
+        "one of each pipeline in turn; × article: median (range) of the ratios of passes run "
+        "back to back.",
         "",
-        "| pipeline | images/s (median) | range | × article |",
-        "|---|---:|---:|---:|",
+        "| pipeline | images/s (median) | range | × article | time in the batch transform |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, values in rates.items():
         median, spread = summary(values)
-        lines.append(f"| {name} | {median:,.0f} | {spread} | {median / base:.1f} |")
+        ratio = paired_ratio(values, article_rates)
+        share = statistics.median(shares[name])
+        lines.append(f"| {name} | {median:,.0f} | {spread} | {ratio} | {share:.0%} |")
     if lit is None:
-        lines.append(f"| {lit_name} | not measured: litdata is not installed | | |")
+        lines.append(f"| {lit_name} | not measured: litdata is not installed | | | |")
     cached = count + CLASSES  # train and val
     lines += [
         "",
@@ -297,20 +317,22 @@ def framework_overhead(work: Path, steps: int, reps: int) -> list[str]:
         "| loop | steady images/s (after warm-up) | range | whole run incl. start-up, s | range |",
         "|---|---:|---:|---:|---:|",
     ]
-    medians = {}
+    steady, whole = {}, {}
     for name, all_times in runs.items():
-        steady = [steady_rate(t[1:-1], batch, warmup) for t in all_times]
-        whole = [t[-1] - t[0] for t in all_times]
-        medians[name] = (summary(steady)[0], statistics.median(whole))
+        rate = steady[name] = [steady_rate(t[1:-1], batch, warmup) for t in all_times]
+        seconds = whole[name] = [t[-1] - t[0] for t in all_times]
         lines.append(
-            f"| {name} | {summary(steady)[0]:,.1f} | {min(steady):,.1f}-{max(steady):,.1f} | "
-            f"{statistics.median(whole):.1f} | {min(whole):.1f}-{max(whole):.1f} |"
+            f"| {name} | {statistics.median(rate):,.1f} | {min(rate):,.1f}-{max(rate):,.1f} | "
+            f"{statistics.median(seconds):.1f} | {min(seconds):.1f}-{max(seconds):.1f} |"
         )
-    (plain_rate, plain_s), (lit_rate, lit_s) = medians.values()
+    plain, lightning = runs
+    extra = [w - p for w, p in zip(whole[lightning], whole[plain], strict=True)]
     lines += [
         "",
-        f"Lightning / plain, steady state: **{lit_rate / plain_rate:.3f}×** (goal ≥ 0.98); "
-        f"start-up and end of run cost Lightning {lit_s - plain_s:+.1f} s over the plain loop.",
+        f"Lightning / plain, steady state, median (range) of back-to-back pairs: "
+        f"**{paired_ratio(steady[lightning], steady[plain])}** (goal ≥ 0.98); start-up and end "
+        f"of run cost Lightning {statistics.median(extra):+.1f} s over the plain loop "
+        f"(median of pairs).",
     ]
     return lines
 
@@ -421,9 +443,18 @@ def machine() -> str:
     )
 
 
+def load_average() -> float:
+    """Processes ready to run, averaged over the last minute (NaN where the OS does not say)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.md")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="default: bench/results.md, or with --time-to-accuracy bench/time_to_accuracy.md",
+    )
     parser.add_argument(
         "--work-dir",
         type=Path,
@@ -441,28 +472,33 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    start, start_load = time.perf_counter(), load_average()
     work, reps = args.work_dir, args.reps
-    sections = {
-        "1. Input path": input_path(work, args.images, args.batch, args.workers, reps),
-        "2. Framework overhead": framework_overhead(work, args.steps, reps),
-    }
     if args.time_to_accuracy:
-        sections["3. Time to accuracy"] = time_to_accuracy(work, args.target)
-    sections["4. Model presets"] = presets(112, 32, args.preset_steps)
+        out = args.out or ROOT / "bench" / "time_to_accuracy.md"
+        sections = {"3. Time to accuracy": time_to_accuracy(work, args.target)}
+    else:
+        out = args.out or ROOT / "bench" / "results.md"
+        sections = {
+            "1. Input path": input_path(work, args.images, args.batch, args.workers, reps),
+            "2. Framework overhead": framework_overhead(work, args.steps, reps),
+            "4. Model presets": presets(112, 32, args.preset_steps),
+        }
     command = "python -m src.utils.benchmark " + " ".join(sys.argv[1:])
     text = [
         "# Benchmarks",
         "",
         f"Machine: {machine()}.",
+        f"Load average (1 min) at the start: {start_load:.1f}, at the end: {load_average():.1f}; "
+        "other processes sharing the cores slow single repetitions (see the ranges).",
         f"Command: `{command.strip()}`, {time.perf_counter() - start:.0f} s in all.",
     ]
     for title, lines in sections.items():
         text += ["", f"## {title}", "", *lines]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(text) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(text) + "\n")
     log.info("\n".join(text))
-    log.info("written to %s", args.out)
+    log.info("written to %s", out)
 
 
 if __name__ == "__main__":
