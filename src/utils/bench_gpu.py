@@ -138,6 +138,7 @@ def main() -> None:
         "| model | pipeline | images/s | × article | GPU waits on data |",
         "|---|---|---:|---:|---:|",
     ]
+    table = args.out / "results.md"
     for preset in args.models:
         base = None
         for name, variant in variants.items():
@@ -146,8 +147,8 @@ def main() -> None:
             wait = max(0.0, 1 - loop / compute)
             lines.append(f"| `{preset}` | {name} | {loop:,.0f} | {loop / base:.1f} | {wait:.0%} |")
             log.info(lines[-1])
+            table.write_text("\n".join(lines) + "\n")  # row by row: a timeout keeps the rows
     lines += ["", f"{time.perf_counter() - start:.0f} s in all."]
-    table = args.out / "results.md"
     table.write_text("\n".join(lines) + "\n")
     log.info("\n".join(lines))
     log.info("written to %s", table)
