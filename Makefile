@@ -23,7 +23,8 @@ test: install
 tensorboard: install
 	$(BIN)/tensorboard --logdir logs
 
-## training throughput of the model presets, side by side
+## input path vs the seed article's, Lightning vs a plain loop, presets: bench/results.md
+## (ARGS=--time-to-accuracy: seconds to 50 % val/acc per input path, bench/time_to_accuracy.md)
 bench: install
 	$(BIN)/python -m src.utils.benchmark $(ARGS)
 

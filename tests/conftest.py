@@ -87,9 +87,10 @@ def quick_overrides(log_dir: Path) -> list[str]:
 
 
 def micrograph_overrides(root: Path) -> list[str]:
-    """The tiny micrograph tree at 72 px, cropped to 64."""
+    """The tiny micrograph tree at 72 px, cropped to 64, its decoded cache beside it."""
     data = [f"data.{k}={v}" for k, v in TINY_DATA.items()]
-    return [*data, f"data.root={root}", "data.resize_size=72", "data.crop_size=64"]
+    sizes = ["data.resize_size=72", "data.crop_size=64"]
+    return [*data, f"data.root={root}", f"data.cache_dir={root.parent / 'cache'}", *sizes]
 
 
 def imagefolder_overrides(root: Path, cache_dir: Path) -> list[str]:

@@ -35,8 +35,12 @@ def messy_root(tiny_root: Path, tmp_path: Path) -> Path:
     return root
 
 
-def test_every_bad_file_is_listed_before_training(messy_root, train_config, tmp_path, caplog):
-    cfg = train_config(data=imagefolder_overrides(messy_root, tmp_path / "cache"))
+@pytest.mark.parametrize("backend", ["pil", "cache"])
+def test_every_bad_file_is_listed_before_training(
+    backend, messy_root, train_config, tmp_path, caplog
+):
+    data = [*imagefolder_overrides(messy_root, tmp_path / "cache"), f"data.backend={backend}"]
+    cfg = train_config(data=data)
     with caplog.at_level(logging.INFO), pytest.raises(BadImagesError) as err:
         train(cfg)
     message = str(err.value)
@@ -45,21 +49,25 @@ def test_every_bad_file_is_listed_before_training(messy_root, train_config, tmp_
         assert str(messy_root / "train" / "8.0" / name) in message
     assert "image file is truncated" in message
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()  # no step was taken
-    assert "Checking 59 of 59 images" in caplog.text
+    # each file is decoded once: by the check, or by the cache build, which records its verdicts
+    decoded_by_check = "Checking 59 of 59 images" in caplog.text
+    assert decoded_by_check == (backend == "pil")
 
-    # verdicts are cached by path, size and mtime: the next run decodes only what changed
+    # verdicts are kept by path, size and mtime: the next run decodes only what changed
     caplog.clear()
     shutil.copy(next(messy_root.glob("train/8.0/0*.jpg")), messy_root / "train/8.0/empty.jpg")
     with caplog.at_level(logging.INFO), pytest.raises(BadImagesError, match="2 of 59 files"):
-        train(train_config(data=imagefolder_overrides(messy_root, tmp_path / "cache")))
-    assert "Checking 1 of 59 images" in caplog.text
-    assert not any(
-        p.is_relative_to(messy_root) for p in tmp_path.rglob("*.json") if "cache" in str(p)
-    )
+        train(train_config(data=data))
+    changed = "Checking 1 of 59 images" if backend == "pil" else "Cached 31 images"
+    assert changed in caplog.text and caplog.text.count("Cached") == (backend == "cache")
+    # the verdicts live in data.cache_dir, nothing is written into the user's folder
+    assert len(list((tmp_path / "cache" / "verified").glob("messy-*.json"))) == 1
+    assert not list(messy_root.rglob("*.json"))
 
 
-def test_skip_bad_images_trains_without_them(messy_root, train_config, tmp_path, caplog):
-    data = imagefolder_overrides(messy_root, tmp_path / "cache")
+@pytest.mark.parametrize("backend", ["pil", "cache"])
+def test_skip_bad_images_trains_without_them(backend, messy_root, train_config, tmp_path, caplog):
+    data = [*imagefolder_overrides(messy_root, tmp_path / "cache"), f"data.backend={backend}"]
     cfg = train_config("data.skip_bad_images=true", data=data)
     metrics = train(cfg)
     assert "test/acc" in metrics

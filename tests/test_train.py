@@ -84,7 +84,7 @@ def test_predict_logs_top5_and_saves_the_picture(trained, tiny_root, tmp_path, c
     # the probabilities the validation loop computes for the same file: predict preprocesses
     # exactly as training evaluated (crop, scale), from the checkpoint alone
     model, checkpoint = load_classifier(ckpt)
-    datamodule = datamodule_from_checkpoint(checkpoint, {})
+    datamodule = datamodule_from_checkpoint(checkpoint, {"backend": "pil"})
     datamodule.setup("validate")
     val = datamodule.datasets["val"]
     x, label = val[[p for p, _ in val.samples].index(str(image))]

@@ -52,8 +52,12 @@ class CIFAR10Files(CIFAR10):
         VisionDataset.__init__(self, root, transform=transform)
         self.train = train
         folder = Path(root, self.base_folder)
-        batches = [load_batch(folder / name) for name, _ in (self.train_list if train else self.test_list)]
-        self.data = np.vstack([b["data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        batches = [
+            load_batch(folder / name) for name, _ in (self.train_list if train else self.test_list)
+        ]
+        self.data = (
+            np.vstack([b["data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        )
         self.targets = [label for b in batches for label in b["labels"]]
         self.classes = load_batch(folder / self.meta["filename"])[self.meta["key"]]
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
@@ -83,6 +87,11 @@ class CIFAR10DataModule(ImageFolderDataModule):
         std: tuple[float, ...] = CIFAR10_STD,
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("backend", "pil") != "pil":
+            raise ValueError(
+                "data.backend=cache reads image folders; CIFAR-10's images are already decoded "
+                "arrays in memory: use data.backend=pil"
+            )
         super().__init__(
             root=root, resize_size=resize_size, crop_size=crop_size, mean=mean, std=std, **kwargs
         )

@@ -14,6 +14,8 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
+from src.data.cache import CachedImages, as_batch, cache_folder, ensure_cache
+from src.data.gpu_augment import centre_crop, normalise, random_crops, ten_crops
 from src.data.images import find_bad_images, load_rgb, verdict_cache_file
 from src.data.micrographs import CLASSES, ensure_micrographs
 from src.data.transforms import (
@@ -29,11 +31,15 @@ from src.utils.io import atomic_write
 log = logging.getLogger(__name__)
 
 
+# pil: decode, resize and augment every image in the loader's workers (torchvision transforms);
+# cache: decode once into a memory-mapped cache, augment whole batches on the model's device.
+BACKENDS = ("pil", "cache")
+
 # What evaluating or resuming may change about a checkpoint's data: where the files are and how
 # they are loaded, never what the model sees.
 CHANGEABLE_DATA_KEYS = (
     "root", "batch_size", "num_workers", "pin_memory", "persistent_workers", "ten_crop",
-    "cache_dir", "skip_bad_images",
+    "cache_dir", "skip_bad_images", "backend",
 )  # fmt: skip
 
 
@@ -49,9 +55,7 @@ def check_data_config(hp: Any) -> None:
     if not isinstance(hp.num_workers, int) or hp.num_workers < 0:
         raise ConfigError(f"data.num_workers={hp.num_workers!r} must be 0 or more")
     if hp.input_scale not in INPUT_SCALES:
-        raise ConfigError(
-            f"data.input_scale={hp.input_scale!r} is not one of {list(INPUT_SCALES)}"
-        )
+        raise ConfigError(f"data.input_scale={hp.input_scale!r} is not one of {list(INPUT_SCALES)}")
     if hp.crop_size > hp.resize_size:
         raise ConfigError(
             f"data.crop_size={hp.crop_size} is larger than data.resize_size={hp.resize_size}: "
@@ -61,6 +65,13 @@ def check_data_config(hp: Any) -> None:
         raise ConfigError(
             f"data.mean={list(hp.mean)} and data.std={list(hp.std)} need three values each "
             "(R, G, B), the std above 0"
+        )
+    if hp.backend not in BACKENDS:
+        raise ConfigError(f"data.backend={hp.backend!r} is not one of {list(BACKENDS)}")
+    if not hp.cache_dir:
+        raise ConfigError(
+            "data.cache_dir is not set: the file checks (and with data.backend=cache the decoded "
+            "images) need a folder outside the data root, e.g. data/cache"
         )
 
 
@@ -129,6 +140,10 @@ class ImageFolderDataModule(LightningDataModule):
 
     ``batch_size`` is the global batch: each of the trainer's devices gets an equal share, as the
     paper's batch of 128 was split over its two GPUs.
+
+    ``backend="cache"`` decodes every split once into ``cache_dir`` (see src/data/cache.py) and
+    crops, flips and normalises whole batches in ``on_after_batch_transfer``, on the device the
+    model runs on; ``"pil"`` does all of it per image in the loader's workers.
     """
 
     def __init__(
@@ -145,6 +160,7 @@ class ImageFolderDataModule(LightningDataModule):
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
         input_scale: str = "standardised",
+        backend: str = "pil",
         cache_dir: str = "data/cache",
         skip_bad_images: bool = False,
     ) -> None:
@@ -166,6 +182,9 @@ class ImageFolderDataModule(LightningDataModule):
         return check_image_folder(self.root)
 
     def prepare_data(self) -> None:
+        # Every file is decoded before the first step: by the cache build where the data are
+        # cached (it records what it found), else by the check itself.
+        self.prepare_cache()
         self.find_bad_images()
 
     def split_folders(self) -> dict[str, Path]:
@@ -173,13 +192,17 @@ class ImageFolderDataModule(LightningDataModule):
         test = "test" if (self.root / "test").is_dir() else "val"
         return {"train": self.root / "train", "val": self.root / "val", "test": self.root / test}
 
+    def verdicts_file(self) -> Path:
+        return verdict_cache_file(self.hparams.cache_dir, self.root)
+
     def find_bad_images(self) -> dict[Path, str]:
         """Decode every file of every split before the first step (verdicts cached under
         ``cache_dir``); stop with the full list of broken files, or with ``skip_bad_images``
         drop them and say how many."""
         classes = check_image_folder(self.root)
-        files = [p for d in sorted(set(self.split_folders().values())) for p in image_files(d, classes)]
-        bad = find_bad_images(files, verdict_cache_file(self.hparams.cache_dir, self.root))
+        folders = sorted(set(self.split_folders().values()))
+        files = [p for folder in folders for p in image_files(folder, classes)]
+        bad = find_bad_images(files, self.verdicts_file())
         if bad and not self.hparams.skip_bad_images:
             listing = "\n".join(f"  {path}: {problem}" for path, problem in bad.items())
             raise BadImagesError(
@@ -194,6 +217,31 @@ class ImageFolderDataModule(LightningDataModule):
             )  # fmt: skip
         self.bad_images = bad
         return bad
+
+    def prepare_cache(self) -> None:
+        """Build the decode-once cache of every split folder that lacks one. Lightning runs
+        prepare_data in one process per node while the others wait, so one process builds it."""
+        if self.hparams.backend != "cache":
+            return
+        check_image_folder(self.root)
+        for folder in sorted(set(self.split_folders().values())):
+            ensure_cache(
+                folder, self.hparams.cache_dir, self.hparams.resize_size, self.verdicts_file()
+            )
+
+    def make_cached_datasets(self) -> dict[str, Dataset]:
+        self.find_bad_images()
+        hp = self.hparams
+        datasets = {
+            split: CachedImages(cache_folder(folder, hp.cache_dir, hp.resize_size))
+            for split, folder in self.split_folders().items()
+        }
+        if datasets["train"].classes != self.classes:
+            raise ConfigError(
+                f"Class folders of '{self.root}' {datasets['train'].classes} differ from the "
+                f"expected {self.classes}"
+            )
+        return datasets
 
     def per_device_batch_size(self) -> int:
         world = self.trainer.world_size if self.trainer is not None else 1
@@ -239,7 +287,10 @@ class ImageFolderDataModule(LightningDataModule):
         if self.train_generator is None:
             self.train_generator = torch.Generator().manual_seed(self.seed)
         self.batch_size_per_device = self.per_device_batch_size()
-        self.datasets = self.make_datasets(self.transforms())
+        if self.hparams.backend == "cache":
+            self.datasets = self.make_cached_datasets()
+        else:
+            self.datasets = self.make_datasets(self.transforms())
         trainer = self.trainer
         if self.bad_images and trainer is not None and trainer.is_global_zero:
             listing = "".join(f"{path}\t{problem}\n" for path, problem in self.bad_images.items())
@@ -247,6 +298,8 @@ class ImageFolderDataModule(LightningDataModule):
 
     def _loader(self, split: str, **kwargs: Any) -> DataLoader:
         hp = self.hparams
+        if hp.backend == "cache":
+            kwargs["collate_fn"] = as_batch
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size_per_device,
@@ -291,6 +344,32 @@ class ImageFolderDataModule(LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
+
+    def device_transform(
+        self, images: torch.Tensor, stage: str, channels_last: bool = False
+    ) -> torch.Tensor:
+        """What the pil path's per-image transforms do, done on a whole uint8 (B, 3, S, S) batch
+        of the cache wherever it is: random crops and flips for ``train``, the centre crop (or
+        ten crops for ``test`` with ``ten_crop``) otherwise, then normalisation."""
+        hp = self.hparams
+        if stage == "train" and hp.augment:
+            images = random_crops(images, hp.crop_size)
+        elif stage == "test" and hp.ten_crop:
+            images = ten_crops(images, hp.crop_size)
+        else:
+            images = centre_crop(images, hp.crop_size)
+        return normalise(images, hp.mean, hp.std, hp.input_scale, channels_last=channels_last)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With the cache backend, the batch is transformed here, on the model's device."""
+        if self.hparams.backend != "cache":
+            return batch
+        images, labels = batch
+        trainer = self.trainer
+        stage = "train" if trainer.training else "test" if trainer.testing else "val"
+        # born in the memory format the model asks for (model.channels_last)
+        channels_last = trainer.lightning_module.hparams.get("channels_last", False)
+        return self.device_transform(images, stage, channels_last), labels
 
 
 class MicrographDataModule(ImageFolderDataModule):

@@ -12,9 +12,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUT_SCALES = ("standardised", "raw")
 
 
-def _to_tensor(
-    mean: Sequence[float], std: Sequence[float], input_scale: str
-) -> list[v2.Transform]:
+def _to_tensor(mean: Sequence[float], std: Sequence[float], input_scale: str) -> list[v2.Transform]:
     # mean and std are on the 0-1 scale; dividing by 1/255 restores the pixel scale
     std = [1 / 255] * len(mean) if input_scale == "raw" else std
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
@@ -54,4 +52,6 @@ def eval_transform(
     if not ten_crop:
         return v2.Compose([*resize, v2.CenterCrop(crop_size), *_to_tensor(mean, std, input_scale)])
     # TenCrop yields a tuple; the tensor transforms map over it, torch.stack joins the crops.
-    return v2.Compose([*resize, v2.TenCrop(crop_size), *_to_tensor(mean, std, input_scale), torch.stack])
+    return v2.Compose(
+        [*resize, v2.TenCrop(crop_size), *_to_tensor(mean, std, input_scale), torch.stack]
+    )

@@ -95,6 +95,9 @@ class ImageClassifier(LightningModule):
 
     Optimizer and scheduler are partial constructors (Hydra ``_partial_``); they are not saved as
     hyper-parameters, so loading a checkpoint for evaluation needs neither.
+
+    ``compile`` and ``channels_last`` are GPU switches that only the Trainer applies (in
+    ``configure_model``): a checkpoint loads and predicts without them.
     """
 
     def __init__(
@@ -105,6 +108,8 @@ class ImageClassifier(LightningModule):
         scheduler: Callable[..., Any] | None = None,
         scheduler_monitor: str = "val/loss",
         max_lr_drops: int | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
         **arch_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -131,18 +136,32 @@ class ImageClassifier(LightningModule):
         self._resumed: dict[str, Any] = {}
         self.lr_scheduler: Any = None
 
+    def configure_model(self) -> None:
+        if self.hparams.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if self.hparams.compile:
+            # In place: unlike torch.compile(net), the state_dict keys keep their names (no
+            # "_orig_mod." prefix), so checkpoints load into an uncompiled network.
+            self.net.compile()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def _net_input(self, x: torch.Tensor) -> torch.Tensor:
+        # a no-op for the cache path's batches, which are made channels-last already
+        if self.hparams.channels_last:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
         if x.ndim == 5:
             # Ten crops per image (paper, section 4.1): average the softmax over the crops.
             b, n = x.shape[:2]
-            probs = self(x.flatten(0, 1)).softmax(-1).view(b, n, -1).mean(1)
+            probs = self(self._net_input(x.flatten(0, 1))).softmax(-1).view(b, n, -1).mean(1)
             logits = probs.clamp_min(1e-12).log()
         else:
-            logits = self(x)
+            logits = self(self._net_input(x))
         loss = F.cross_entropy(logits, y)
         metrics = getattr(self, f"{stage}_metrics")
         metrics["loss"].update(loss.detach(), weight=y.numel())

@@ -1,12 +1,13 @@
-"""Small helpers shared by the entry points."""
+"""Small helpers shared by the entry points, and the config resolver they need."""
 
 import logging
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +68,17 @@ def contradictions(
         if not key.startswith("_") and value is not None and key not in changeable
         and saved.get(key) != value
     ]  # fmt: skip
+
+
+def on_gpu(accelerator: str, if_gpu: Any, otherwise: Any) -> Any:
+    """``${on_gpu:${trainer.accelerator},A,B}`` in a config: A where the trainer runs on an NVIDIA
+    GPU (accelerator gpu or cuda, or auto with CUDA available), else B. For the switches that pay
+    off only there (bf16, channels-last, torch.compile, cudnn benchmark), so that ``make train``,
+    ``trainer=gpu`` and ``trainer=ddp`` all get them and CPU runs stay as they were."""
+    uses_gpu = accelerator in ("gpu", "cuda") or (
+        accelerator == "auto" and torch.cuda.is_available()
+    )
+    return if_gpu if uses_gpu else otherwise
+
+
+OmegaConf.register_new_resolver("on_gpu", on_gpu, replace=True)

@@ -1,32 +1,401 @@
-"""Training throughput of the model presets, side by side in one process:
-``python -m src.utils.benchmark [--size 112] [--batch 32] [--steps 5]``.
+"""Side-by-side measurements on this machine, written to ``bench/results.md``:
+``python -m src.utils.benchmark [--out PATH]`` (``make bench``, a few minutes).
 
-Prints images per second for one SGD step (forward, backward, update) of each preset and its
-ratio to the first, so a choice between presets is made on numbers from the same machine.
+1. Input path: images/s delivered to the model by the seed article's per-image pipeline and by
+   ours (after the decode-once cache is built, on-device augmentation included), on one JPEG
+   tree, with the same workers.
+2. Framework overhead: training images/s of a plain PyTorch loop and of our Lightning module at
+   ``make train``'s model, input size and batch, on the same batches.
+3. Only with ``--time-to-accuracy``, into ``bench/time_to_accuracy.md``: seconds until val/acc
+   first reaches 50 % with ``make train``'s settings, pil path vs cache path (two training
+   runs: 5-30 minutes, depending on the machine's load).
+4. One SGD step of each model preset.
+
+Every figure is the median of ``--reps`` repetitions, given with its range; the repetitions of
+the alternatives compared alternate, so a change in the machine's load hits both.
 """
 
 import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
+import lightning as L
+import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import DictConfig
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision import transforms
+from torchvision.datasets import ImageFolder
 
+from src.data.datamodule import ImageFolderDataModule
+from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from src.utils import instantiate_all
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "conf"
 PRESETS = ("alexnet_half", "alexnet_owt", "alexnet", "cnn4")
-CONF = Path(__file__).resolve().parents[2] / "conf"
+JPEG_SIZE = (500, 375)
+CLASSES = 14
 
 
-def load_preset(name: str, num_classes: int) -> torch.nn.Module:
-    """The network ``model=<name>`` builds."""
+def train_config(*overrides: str) -> DictConfig:
+    """``make train``'s config (plus overrides), with run folders under ``paths.output_dir``."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"model={name}"])
-    return instantiate(cfg.model, class_names=[str(i) for i in range(num_classes)]).net
+        return compose(config_name="train", overrides=list(overrides))
 
 
-def images_per_second(net: torch.nn.Module, size: int, batch: int, steps: int) -> float:
+def summary(rates: list[float]) -> tuple[float, str]:
+    """Median and the range of the repetitions."""
+    return statistics.median(rates), f"{min(rates):,.0f}-{max(rates):,.0f}"
+
+
+def paired_ratio(rates: list[float], base: list[float]) -> str:
+    """Median and range of the ratios of repetitions run back to back: a change in the
+    machine's load between repetitions cancels out."""
+    ratios = [r / b for r, b in zip(rates, base, strict=True)]
+    return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
+# 1. Input path
+
+
+def make_jpeg_tree(root: Path, count: int) -> Path:
+    """``count`` 500x375 JPEGs in 14 class folders under root/train (and one per class in val/,
+    which the data module requires), made once: smooth colour fields with fine noise, which
+    decode at about the speed of photographs."""
+    done = root / "done.json"
+    if done.is_file() and json.loads(done.read_text()) == {"count": count}:
+        return root
+    rng = np.random.default_rng(0)
+    for i in range(count + CLASSES):
+        split = "train" if i < count else "val"
+        folder = root / split / f"class_{i % CLASSES:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+        smooth = np.asarray(coarse.resize(JPEG_SIZE, Image.BICUBIC), dtype=np.int16)
+        noisy = smooth + rng.integers(-12, 13, smooth.shape, dtype=np.int16)
+        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(
+            folder / f"{i:05d}.jpg", quality=90
+        )
+    done.write_text(json.dumps({"count": count}))
+    return root
+
+
+def images_per_second(
+    batches: Callable[[], Iterable[Any]], transform: Callable
+) -> tuple[float, float]:
+    """Images per second of one pass over ``batches()``, each batch transformed as the model
+    would receive it, and the share of the time spent in ``transform``."""
+    start, seen, transforming = time.perf_counter(), 0, 0.0
+    for batch in batches():
+        before = time.perf_counter()
+        images, labels = transform(batch)
+        transforming += time.perf_counter() - before
+        seen += len(labels)
+    elapsed = time.perf_counter() - start
+    return seen / elapsed, transforming / elapsed
+
+
+def seed_article_loader(
+    root: Path, batch: int, workers: int, pin_memory: bool = False
+) -> DataLoader:
+    """The seed article's training input: ImageFolder, RandomResizedCrop(224), flip, per image."""
+    augment = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(224),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    dataset = ImageFolder(str(root / "train"), transform=augment)
+    return DataLoader(
+        dataset, batch_size=batch, shuffle=True, num_workers=workers, persistent_workers=True,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+    )  # fmt: skip
+
+
+def litdata_sample(sample: tuple[str, int]) -> dict[str, Any]:
+    """One image as litdata's optimize stores it: the cache's uint8 square, and its label."""
+    from src.data.cache import square_pixels
+
+    path, label = sample
+    return {"image": square_pixels(path, 256), "label": label}
+
+
+def litdata_loader(root: Path, out: Path, batch: int, workers: int) -> tuple[Any, float]:
+    """litdata's optimize (timed) then StreamingDataset, over the same images; None where
+    litdata is not installed."""
+    try:
+        import litdata
+    except ImportError:
+        return None, 0.0
+    from src.data.cache import list_images
+
+    _, samples = list_images(root / "train")
+    start = time.perf_counter()
+    litdata.optimize(
+        fn=litdata_sample, inputs=samples, output_dir=str(out), chunk_bytes="64MB",
+        num_workers=workers, mode="overwrite",
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    dataset = litdata.StreamingDataset(str(out), shuffle=True)
+    loader = litdata.StreamingDataLoader(dataset, batch_size=batch, num_workers=workers)
+    return loader, seconds
+
+
+def input_path(work: Path, count: int, batch: int, workers: int, reps: int) -> list[str]:
+    """Section 1 as markdown lines."""
+    tree = make_jpeg_tree(work / "jpegs", count)
+    cache_dir = Path(tempfile.mkdtemp(prefix="cache-", dir=work))
+    common = dict(root=str(tree), batch_size=batch, num_workers=workers, cache_dir=str(cache_dir))
+    ours = ImageFolderDataModule(backend="cache", **common)
+    start = time.perf_counter()
+    ours.prepare_data()
+    build_seconds = time.perf_counter() - start
+    cache_bytes = sum(f.stat().st_size for f in cache_dir.rglob("*") if f.is_file())
+    per_image = ImageFolderDataModule(backend="pil", **common)
+    for dm in (ours, per_image):
+        dm.setup("fit")
+
+    def on_device(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return ours.device_transform(batch[0], "train"), batch[1]
+
+    article = seed_article_loader(tree, batch, workers)
+    ours_loader, pil_loader = ours.train_dataloader(), per_image.train_dataloader()
+    pipelines: dict[str, tuple[Callable, Callable]] = {
+        "seed article: ImageFolder + RandomResizedCrop(224) + flip, per image (PIL)": (
+            lambda: article, lambda b: b),
+        "ours, `data.backend=pil` (decode + resize + crop per image)": (
+            lambda: pil_loader, lambda b: b),
+        "ours, `data.backend=cache` (memory map + crops/flips/normalisation per batch)": (
+            lambda: ours_loader, on_device),
+    }  # fmt: skip
+    lit, lit_seconds = litdata_loader(tree, work / "litdata", batch, workers)
+    lit_name = "litdata optimize -> StreamingDataset, same uint8 squares + same batch transform"
+    if lit is not None:
+        pipelines[lit_name] = (lambda: lit, lambda b: on_device((b["image"], b["label"])))
+
+    rates: dict[str, list[float]] = {name: [] for name in pipelines}
+    shares: dict[str, list[float]] = {name: [] for name in pipelines}
+    for batches, transform in pipelines.values():
+        images_per_second(batches, transform)  # warm-up: workers start, files reach the cache
+    for _ in range(reps):
+        for name, (batches, transform) in pipelines.items():
+            rate, share = images_per_second(batches, transform)
+            rates[name].append(rate)
+            shares[name].append(share)
+    article_rates = rates[next(iter(rates))]
+    lines = [
+        f"{count} JPEGs of {JPEG_SIZE[0]}x{JPEG_SIZE[1]} px in {CLASSES} classes, batch {batch}, "
+        f"{workers} loader workers, output 224 px float batches on the CPU; {reps} passes each, "
+        "one of each pipeline in turn; × article: median (range) of the ratios of passes run "
+        "back to back.",
+        "",
+        "| pipeline | images/s (median) | range | × article | time in the batch transform |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, values in rates.items():
+        median, spread = summary(values)
+        ratio = paired_ratio(values, article_rates)
+        share = statistics.median(shares[name])
+        lines.append(f"| {name} | {median:,.0f} | {spread} | {ratio} | {share:.0%} |")
+    if lit is None:
+        lines.append(f"| {lit_name} | not measured: litdata is not installed | | | |")
+    cached = count + CLASSES  # train and val
+    lines += [
+        "",
+        f"Cache build (decode once, threads): {build_seconds:.1f} s for {cached} images, "
+        f"{cache_bytes / 1e6:.0f} MB on disk ({cache_bytes / cached / 1e3:.0f} KB per image at "
+        "256 px).",
+    ]
+    if lit is not None:
+        lines[-1] += f" litdata optimize: {lit_seconds:.1f} s."
+    return lines
+
+
+# 2. Framework overhead
+
+
+class StepClock(L.Callback):
+    """The time at the end of every training step."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.times.append(time.perf_counter())
+
+
+def steady_rate(times: list[float], batch: int, warmup: int) -> float:
+    return (len(times) - 1 - warmup) * batch / (times[-1] - times[warmup])
+
+
+def plain_loop(
+    cfg: DictConfig, train: DataLoader, val: DataLoader, classes: list[str], out: Path
+) -> list[float]:
+    """The same network, loss, optimizer and batches in a bare PyTorch loop, then one validation
+    pass and a saved checkpoint; returns the step end times, the start time first."""
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    net = instantiate(cfg.model, class_names=classes).net
+    optimizer = instantiate(cfg.model.optimizer)(params=net.parameters())
+    times = [start]
+    net.train()
+    for x, y in train:
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+        times.append(time.perf_counter())
+    net.eval()
+    with torch.no_grad():
+        for x, _ in val:
+            net(x)
+    torch.save(net.state_dict(), out / "plain.pt")
+    times.append(time.perf_counter())
+    return times
+
+
+def lightning_run(
+    cfg: DictConfig, train: DataLoader, val: DataLoader, classes: list[str], out: Path
+) -> list[float]:
+    """Our module with the Trainer, callbacks and logger of ``make train``; same return."""
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    model = instantiate(cfg.model, class_names=classes)
+    clock = StepClock()
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=[*instantiate_all(cfg.callbacks), clock],
+        logger=instantiate_all(cfg.logger),
+        max_epochs=1,
+    )
+    trainer.fit(model, train_dataloaders=train, val_dataloaders=val)
+    return [start, *clock.times, time.perf_counter()]
+
+
+def framework_overhead(work: Path, steps: int, reps: int) -> list[str]:
+    """Section 2 as markdown lines."""
+    out = Path(tempfile.mkdtemp(prefix="framework-", dir=work))
+    cfg = train_config("trainer.accelerator=cpu", f"paths.output_dir={out}", f"paths.log_dir={out}")
+    size, batch = cfg.data.crop_size, cfg.data.batch_size
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randn(batch, 3, size, size, generator=generator),
+         torch.randint(0, CLASSES, (batch,), generator=generator))
+        for _ in range(steps)
+    ]  # fmt: skip
+    # batch_size=None: the loaders hand out the prepared batches as they are
+    train, val = DataLoader(batches, batch_size=None), DataLoader(batches[:2], batch_size=None)
+    classes = [str(i) for i in range(CLASSES)]
+    warmup = min(5, steps // 3)
+    runs: dict[str, list[list[float]]] = {"plain PyTorch loop": [], "Lightning module": []}
+    for _ in range(reps):
+        runs["plain PyTorch loop"].append(plain_loop(cfg, train, val, classes, out))
+        runs["Lightning module"].append(lightning_run(cfg, train, val, classes, out))
+    lines = [
+        f"`make train`'s model ({cfg.model.arch.rsplit('.', 1)[-1]}, `model=alexnet_half`), "
+        f"{size} px, batch {batch}, SGD as configured, {steps} steps on the same in-memory "
+        f"batches, then 2 validation batches and a checkpoint; {reps} runs each, alternating. "
+        "Lightning with the progress bar, TensorBoard logging and every default callback.",
+        "",
+        "| loop | steady images/s (after warm-up) | range | whole run incl. start-up, s | range |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    steady, whole = {}, {}
+    for name, all_times in runs.items():
+        rate = steady[name] = [steady_rate(t[1:-1], batch, warmup) for t in all_times]
+        seconds = whole[name] = [t[-1] - t[0] for t in all_times]
+        lines.append(
+            f"| {name} | {statistics.median(rate):,.1f} | {min(rate):,.1f}-{max(rate):,.1f} | "
+            f"{statistics.median(seconds):.1f} | {min(seconds):.1f}-{max(seconds):.1f} |"
+        )
+    plain, lightning = runs
+    extra = [w - p for w, p in zip(whole[lightning], whole[plain], strict=True)]
+    lines += [
+        "",
+        f"Lightning / plain, steady state, median (range) of back-to-back pairs: "
+        f"**{paired_ratio(steady[lightning], steady[plain])}** (goal ≥ 0.98); start-up and end "
+        f"of run cost Lightning {statistics.median(extra):+.1f} s over the plain loop "
+        f"(median of pairs).",
+    ]
+    return lines
+
+
+# 3. Time to accuracy
+
+
+def time_to_accuracy(work: Path, target: float) -> list[str]:
+    """Section 3: ``python -m src.train`` with each backend, stopped at ``target`` val/acc."""
+    lines = [
+        f"`python -m src.train data.backend=...` (`make train`'s settings), stopped when val/acc "
+        f"first reaches {target:.0%}; wall time from the start of the process, data generation "
+        "done beforehand, cache build included.",
+        "",
+        "| path | seconds to target | epoch | val/acc then |",
+        "|---|---:|---:|---:|",
+    ]
+    instantiate(train_config(f"paths.root_dir={ROOT}", "data.backend=pil").data).prepare_data()
+    for backend in ("pil", "cache"):
+        run = Path(tempfile.mkdtemp(prefix=f"tta-{backend}-", dir=work))
+        record = run / "reached.json"
+        start = time.time()
+        subprocess.run(
+            [sys.executable, "-m", "src.train", f"data.backend={backend}", "test=false",
+             f"paths.root_dir={ROOT}", f"data.cache_dir={run / 'cache'}",
+             f"paths.log_dir={run / 'logs'}",
+             "+callbacks.stop_at_accuracy._target_=src.utils.benchmark.StopAtAccuracy",
+             f"+callbacks.stop_at_accuracy.target={target}",
+             f"+callbacks.stop_at_accuracy.record={record}"],
+            cwd=ROOT, check=True, capture_output=True,
+        )  # fmt: skip
+        if record.is_file():
+            reached = json.loads(record.read_text())
+            lines.append(
+                f"| `{backend}` | {reached['time'] - start:.0f} | {reached['epoch']} | "
+                f"{reached['val_acc']:.3f} |"
+            )
+        else:
+            lines.append(f"| `{backend}` | not reached in the configured epochs | | |")
+    return lines
+
+
+class StopAtAccuracy(L.Callback):
+    """Stops training when val/acc first reaches ``target`` and records when (wall clock)."""
+
+    def __init__(self, target: float, record: str) -> None:
+        self.target, self.record = target, Path(record)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, _: L.LightningModule) -> None:
+        acc = trainer.callback_metrics.get("val/acc")
+        if trainer.sanity_checking or acc is None or acc < self.target:
+            return
+        reached = {"time": time.time(), "epoch": trainer.current_epoch, "val_acc": float(acc)}
+        self.record.write_text(json.dumps(reached))
+        trainer.should_stop = True
+
+
+# 4. Model presets
+
+
+def preset_step_rate(net: torch.nn.Module, size: int, batch: int, steps: int) -> float:
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
-    x, y = torch.randn(batch, 3, size, size), torch.randint(0, 14, (batch,))
+    x, y = torch.randn(batch, 3, size, size), torch.randint(0, CLASSES, (batch,))
 
     def step() -> None:
         optimizer.zero_grad()
@@ -40,18 +409,96 @@ def images_per_second(net: torch.nn.Module, size: int, batch: int, steps: int) -
     return steps * batch / (time.perf_counter() - start)
 
 
+def presets(size: int, batch: int, steps: int) -> list[str]:
+    lines = [
+        f"One SGD step (forward, backward, update), {size} px, batch {batch}, {steps} steps.",
+        "",
+        "| preset | images/s | × alexnet_half |",
+        "|---|---:|---:|",
+    ]
+    base = None
+    classes = [str(i) for i in range(CLASSES)]
+    for name in PRESETS:
+        cfg = train_config(f"model={name}", "trainer.accelerator=cpu")
+        rate = preset_step_rate(instantiate(cfg.model, class_names=classes).net, size, batch, steps)
+        base = base or rate
+        lines.append(f"| `{name}` | {rate:,.1f} | {rate / base:.2f} |")
+    return lines
+
+
+def machine() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [
+        line.split(":", 1)[1].strip()
+        for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
+        if line.startswith("model name")
+    ]
+    cpu = names[0] if names else platform.processor() or platform.machine()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    return (
+        f"{cpu}, {cores} cores, {torch.get_num_threads()} torch threads, GPU: {gpu}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}, "
+        f"Lightning {L.__version__}, {platform.system()} {platform.release()}"
+    )
+
+
+def load_average() -> float:
+    """Processes ready to run, averaged over the last minute (NaN where the OS does not say)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=112)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="default: bench/results.md, or with --time-to-accuracy bench/time_to_accuracy.md",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=ROOT / "data" / "bench",
+        help="the generated JPEG tree (kept) and the caches built from it",
+    )
+    parser.add_argument("--images", type=int, default=600)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=128, help="input path batch (the article's)")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=30, help="training steps per framework run")
+    parser.add_argument("--preset-steps", type=int, default=3)
+    parser.add_argument("--time-to-accuracy", action="store_true")
+    parser.add_argument("--target", type=float, default=0.5)
     args = parser.parse_args()
-    print(f"{args.size}px, batch {args.batch}, {torch.get_num_threads()} threads")
-    base = None
-    for name in PRESETS:
-        rate = images_per_second(load_preset(name, 14), args.size, args.batch, args.steps)
-        base = base or rate
-        print(f"{name:<14} {rate:8.1f} img/s   x{rate / base:.2f}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    start, start_load = time.perf_counter(), load_average()
+    work, reps = args.work_dir, args.reps
+    if args.time_to_accuracy:
+        out = args.out or ROOT / "bench" / "time_to_accuracy.md"
+        sections = {"3. Time to accuracy": time_to_accuracy(work, args.target)}
+    else:
+        out = args.out or ROOT / "bench" / "results.md"
+        sections = {
+            "1. Input path": input_path(work, args.images, args.batch, args.workers, reps),
+            "2. Framework overhead": framework_overhead(work, args.steps, reps),
+            "4. Model presets": presets(112, 32, args.preset_steps),
+        }
+    command = "python -m src.utils.benchmark " + " ".join(sys.argv[1:])
+    text = [
+        "# Benchmarks",
+        "",
+        f"Machine: {machine()}.",
+        f"Load average (1 min) at the start: {start_load:.1f}, at the end: {load_average():.1f}; "
+        "other processes sharing the cores slow single repetitions (see the ranges).",
+        f"Command: `{command.strip()}`, {time.perf_counter() - start:.0f} s in all.",
+    ]
+    for title, lines in sections.items():
+        text += ["", f"## {title}", "", *lines]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(text) + "\n")
+    log.info("\n".join(text))
+    log.info("written to %s", out)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# AlexNet-224 training throughput on one NVIDIA GPU, in under 5 minutes, offline if need be:
+#
+#   bash scripts/bench_gpu.sh [options of python -m src.utils.bench_gpu]
+#
+# Writes $OUT/results.md (default ./bench_gpu_out). Uses the torch and torchvision installed
+# here (torch >= 2.11, torchvision >= 0.26) and never installs either; any other missing
+# dependency comes from the wheels in $WHEELS (default scripts/wheels, filled beforehand on a
+# machine with a network: pip download -d scripts/wheels lightning hydra-core ...).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+OUT="${OUT:-./bench_gpu_out}"
+WHEELS="${WHEELS:-scripts/wheels}"
+mkdir -p "$OUT"
+
+"$PYTHON" - <<'PY'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+need = {"torch": (2, 11), "torchvision": (0, 26)}
+for name, least in need.items():
+    try:
+        found = version(name)
+    except PackageNotFoundError:
+        sys.exit(f"{name} is not installed: install a CUDA build of {name} first")
+    if tuple(int(p) for p in found.split("+")[0].split(".")[:2]) < least:
+        sys.exit(f"{name} {found} is too old: this project needs >= {'.'.join(map(str, least))}")
+PY
+
+# pip names of what the project imports, beside the module each provides
+missing=$("$PYTHON" - <<'PY'
+import importlib.util
+
+modules = {
+    "lightning": "lightning", "torchmetrics": "torchmetrics", "hydra": "hydra-core",
+    "omegaconf": "omegaconf", "tensorboard": "tensorboard", "rich": "rich",
+    "matplotlib": "matplotlib", "PIL": "pillow", "numpy": "numpy", "scipy": "scipy",
+    "pytest": "pytest",
+}
+print(" ".join(pip for module, pip in modules.items() if importlib.util.find_spec(module) is None))
+PY
+)
+if [ -n "$missing" ]; then
+    echo "installing from $WHEELS: $missing"
+    # pinning what is installed keeps pip from ever replacing torch or torchvision
+    pins="$OUT/installed-torch.txt"
+    "$PYTHON" -c 'from importlib.metadata import version as v
+for n in ("torch", "torchvision"): print(f"{n}=={v(n)}")' > "$pins"
+    "$PYTHON" -m pip install --no-index --find-links "$WHEELS" -c "$pins" $missing
+fi
+
+if command -v nvidia-smi > /dev/null; then
+    nvidia-smi > "$OUT/nvidia-smi.txt"
+else
+    echo "warning: no nvidia-smi here; the table will describe the CPU" >&2
+fi
+
+timeout 120 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider
+timeout 240 "$PYTHON" -m src.utils.bench_gpu --out "$OUT" "$@"

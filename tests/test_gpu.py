@@ -1,0 +1,41 @@
+"""On an NVIDIA GPU only (scripts/bench_gpu.sh runs them): the GPU switches and the on-device
+batch transforms where they are meant to run."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.data.gpu_augment import centre_crop, normalise
+from src.predict import predict
+from src.train import train
+from tests.conftest import compose_config
+from tests.test_gpu_switches import ONE_STEP
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU"),
+]
+
+
+def test_batch_transform_on_the_gpu_equals_the_cpu():
+    images = torch.randint(0, 256, (8, 3, 72, 72), dtype=torch.uint8)
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    on_cpu = normalise(centre_crop(images, 64), mean, std)
+    on_gpu = normalise(centre_crop(images.cuda(), 64), mean, std, channels_last=True)
+    assert on_gpu.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu)
+
+
+def test_every_gpu_switch_at_once(train_config, tiny_root, tmp_path):
+    cfg = train_config(*ONE_STEP, "trainer.accelerator=gpu", "model=cnn4")
+    assert (cfg.trainer.precision, cfg.model.compile, cfg.model.channels_last) == (
+        "bf16-mixed", True, True,
+    )  # fmt: skip
+    train(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    image = next((tiny_root / "val" / "8.0").iterdir())
+    (result,) = predict(
+        compose_config("predict", [f"ckpt_path={ckpt}", f"image={image}"], tmp_path)
+    )
+    assert all(0 < p < 1 for _, p in result["top"])

@@ -1,0 +1,59 @@
+import pytest
+import torch
+from scipy.stats import chisquare
+from torchvision.transforms import v2
+
+from src.data.gpu_augment import centre_crop, normalise, random_crops, ten_crops
+from src.data.transforms import _to_tensor
+
+SIZE, CROP = 8, 4  # five possible offsets per axis
+
+
+def coordinates(batch: int) -> torch.Tensor:
+    """uint8 images whose channel 0 holds the row and channel 1 the column of each pixel."""
+    rows = torch.arange(SIZE).view(SIZE, 1).expand(SIZE, SIZE)
+    image = torch.stack([rows, rows.T, torch.zeros_like(rows)]).to(torch.uint8)
+    return image.expand(batch, 3, SIZE, SIZE).contiguous()
+
+
+def test_crops_and_flips_are_uniform_and_independent_per_image():
+    """v2.RandomCrop + v2.RandomHorizontalFlip draw offsets uniformly from [0, size - crop] and
+    flip with p = 1/2, for every image on its own: the same here, over 20,000 draws."""
+    torch.manual_seed(0)
+    crops = torch.cat([random_crops(coordinates(4000), CROP) for _ in range(5)])
+    tops = crops[:, 0, 0, 0].long()
+    first, last = crops[:, 1, 0, 0].long(), crops[:, 1, 0, -1].long()
+    flips = (first > last).long()
+    lefts = torch.minimum(first, last)
+    assert (crops[:, 0, -1, 0].long() - tops == CROP - 1).all()  # whole rows, in order
+    assert ((first - last).abs() == CROP - 1).all()
+    n = SIZE - CROP + 1
+    joint = torch.bincount((tops * n + lefts) * 2 + flips, minlength=n * n * 2)
+    assert joint.min() > 0 and chisquare(joint.numpy()).pvalue > 1e-3
+    # consecutive images of a batch do not share their draws
+    pairs = torch.bincount(tops[:-1:2] * n + tops[1::2], minlength=n * n)
+    assert chisquare(pairs.numpy()).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("size", [9, 12])
+def test_centre_and_ten_crops_match_torchvision(size):
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
+    assert torch.equal(centre_crop(images, CROP)[1], v2.CenterCrop(CROP)(images[1]))
+    tens = ten_crops(images, CROP)
+    assert tens.shape == (2, 10, 3, CROP, CROP)
+    assert torch.equal(tens[1], torch.stack(v2.TenCrop(CROP)(images[1])))
+
+
+@pytest.mark.parametrize("input_scale", ["standardised", "raw"])
+def test_normalise_equals_the_per_image_transforms(input_scale):
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    images = torch.randint(0, 256, (4, 3, 6, 6), dtype=torch.uint8)
+    per_image = v2.Compose(_to_tensor(mean, std, input_scale))
+    expected = torch.stack([per_image(image) for image in images])
+    assert torch.equal(normalise(images, mean, std, input_scale), expected)
+    offset = torch.randn(4, 3)
+    shifted = normalise(images, mean, std, input_scale, offset=offset, channels_last=True)
+    assert shifted.is_contiguous(memory_format=torch.channels_last)
+    added = offset[:, :, None, None].expand_as(expected)
+    assert torch.allclose(shifted - expected, added, atol=1e-4)
