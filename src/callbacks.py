@@ -1,8 +1,9 @@
 """What a researcher checks first, put into TensorBoard while the network trains.
 
 Each callback is an entry of ``conf/callbacks/default.yaml`` (off with ``callbacks.NAME=null``).
-The image callbacks act only when the trainer has a TensorBoardLogger and draw on rank zero only;
-the drawing functions are public so notebooks and ``src.experiments.figures`` reuse them.
+The image and hparams callbacks act only when the trainer has a TensorBoardLogger and draw on
+rank zero only; images/s is logged like any metric, to every logger. The drawing functions are
+public so notebooks and ``src.experiments.figures`` reuse them.
 """
 
 import time
@@ -155,6 +156,10 @@ class FirstLayerFilters(Callback):
     ``every_n_epochs`` epochs."""
 
     def __init__(self, every_n_epochs: int = 5, nrow: int = 16) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(
+                f"callbacks.first_layer_filters.every_n_epochs={every_n_epochs} must be 1 or more"
+            )
         self.every_n_epochs = every_n_epochs
         self.nrow = nrow
 
