@@ -182,7 +182,7 @@ class FirstLayerFilters(Callback):
 class ValidationConfusionMatrix(Callback):
     """Logs ``val/confusion_matrix`` after every validation epoch (not the sanity check).
 
-    The model's outputs are read with a forward hook during validation, so validation runs
+    The network's outputs are read with a forward hook during validation, so validation runs
     no extra forward pass; the counts are summed over all processes under DDP.
     """
 
@@ -204,7 +204,9 @@ class ValidationConfusionMatrix(Callback):
             self.matrix = MulticlassConfusionMatrix(len(pl_module.class_names))
         self.matrix = self.matrix.to(pl_module.device)
         self.matrix.reset()
-        self.hook = pl_module.register_forward_hook(self.keep_logits)
+        # on the network, not the LightningModule: under DDP Lightning routes validation_step
+        # itself through the module's forward
+        self.hook = pl_module.net.register_forward_hook(self.keep_logits)
 
     def on_validation_batch_end(
         self,
@@ -235,8 +237,12 @@ class ValidationConfusionMatrix(Callback):
 
 
 class ImagesPerSecond(Callback):
-    """Logs ``train/images_per_second`` per epoch, summed over processes: training images over
-    the time from the epoch's start to its last batch (data loading included, validation not)."""
+    """Logs ``train/images_per_second`` per epoch: training images over the time from the
+    epoch's start to its last batch (data loading included, validation not), for all processes:
+    rank zero's rate times their number, as each gets an equal share of the epoch. Not
+    synchronised: the progress bar reads epoch metrics on rank zero alone, so a synchronised
+    value logged by a callback would leave rank zero waiting for the others there.
+    """
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.images = 0
@@ -251,8 +257,8 @@ class ImagesPerSecond(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         seconds = self.last_batch_end - self.start
         if self.images and seconds > 0:
-            rate = self.images / seconds
-            pl_module.log("train/images_per_second", rate, sync_dist=True, reduce_fx="sum")
+            rate = self.images / seconds * trainer.world_size
+            pl_module.log("train/images_per_second", rate, rank_zero_only=True)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
