@@ -217,9 +217,8 @@ class ValidationConfusionMatrix(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self.hook is not None and self.logits is not None:
+        if self.hook is not None:
             self.matrix.update(self.logits, batch[1])
-            self.logits = None
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.hook is None:
