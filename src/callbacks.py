@@ -1,8 +1,9 @@
 """What a researcher checks first, put into TensorBoard while the network trains.
 
 Each callback is an entry of ``conf/callbacks/default.yaml`` (off with ``callbacks.NAME=null``).
-The image callbacks act only when the trainer has a TensorBoardLogger and draw on rank zero only;
-the drawing functions are public so notebooks and ``src.experiments.figures`` reuse them.
+The image and hparams callbacks act only when the trainer has a TensorBoardLogger and draw on
+rank zero only; images/s is logged like any metric, to every logger. The drawing functions are
+public so notebooks and ``src.experiments.figures`` reuse them.
 """
 
 import time
@@ -155,6 +156,10 @@ class FirstLayerFilters(Callback):
     ``every_n_epochs`` epochs."""
 
     def __init__(self, every_n_epochs: int = 5, nrow: int = 16) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(
+                f"callbacks.first_layer_filters.every_n_epochs={every_n_epochs} must be 1 or more"
+            )
         self.every_n_epochs = every_n_epochs
         self.nrow = nrow
 
@@ -177,7 +182,7 @@ class FirstLayerFilters(Callback):
 class ValidationConfusionMatrix(Callback):
     """Logs ``val/confusion_matrix`` after every validation epoch (not the sanity check).
 
-    The model's outputs are read with a forward hook during validation, so validation runs
+    The network's outputs are read with a forward hook during validation, so validation runs
     no extra forward pass; the counts are summed over all processes under DDP.
     """
 
@@ -199,7 +204,9 @@ class ValidationConfusionMatrix(Callback):
             self.matrix = MulticlassConfusionMatrix(len(pl_module.class_names))
         self.matrix = self.matrix.to(pl_module.device)
         self.matrix.reset()
-        self.hook = pl_module.register_forward_hook(self.keep_logits)
+        # on the network, not the LightningModule: under DDP Lightning routes validation_step
+        # itself through the module's forward
+        self.hook = pl_module.net.register_forward_hook(self.keep_logits)
 
     def on_validation_batch_end(
         self,
@@ -210,9 +217,8 @@ class ValidationConfusionMatrix(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self.hook is not None and self.logits is not None:
+        if self.hook is not None:
             self.matrix.update(self.logits, batch[1])
-            self.logits = None
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.hook is None:
@@ -230,8 +236,12 @@ class ValidationConfusionMatrix(Callback):
 
 
 class ImagesPerSecond(Callback):
-    """Logs ``train/images_per_second`` per epoch, summed over processes: training images over
-    the time from the epoch's start to its last batch (data loading included, validation not)."""
+    """Logs ``train/images_per_second`` per epoch: training images over the time from the
+    epoch's start to its last batch (data loading included, validation not), for all processes:
+    rank zero's rate times their number, as each gets an equal share of the epoch. Not
+    synchronised: the progress bar reads epoch metrics on rank zero alone, so a synchronised
+    value logged by a callback would leave rank zero waiting for the others there.
+    """
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.images = 0
@@ -246,8 +256,8 @@ class ImagesPerSecond(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         seconds = self.last_batch_end - self.start
         if self.images and seconds > 0:
-            rate = self.images / seconds
-            pl_module.log("train/images_per_second", rate, sync_dist=True, reduce_fx="sum")
+            rate = self.images / seconds * trainer.world_size
+            pl_module.log("train/images_per_second", rate, rank_zero_only=True)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
