@@ -97,6 +97,25 @@ def check_launch(trainer: L.Trainer) -> None:
         multiprocessing.set_start_method(None, force=True)
 
 
+def config_summary(cfg: DictConfig, model: ImageClassifier, trainer: L.Trainer) -> str:
+    """What the run is, in a few lines of its log: the chosen configs, what was typed, where it
+    writes. The whole composed config is in the run's .hydra/config.yaml."""
+    lines = []
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        choices = hydra_cfg.runtime.choices
+        picked = [f"{g}={choices[g]}" for g in ("model", "data", "trainer") if g in choices]
+        lines += [" ".join(picked), f"overrides: {' '.join(hydra_cfg.overrides.task) or '-'}"]
+    params = sum(p.numel() for p in model.parameters())
+    lines += [
+        f"{len(model.class_names)} classes, {params:,} parameters, {trainer.max_epochs} epochs "
+        f"on {trainer.accelerator.__class__.__name__.removesuffix('Accelerator').lower()} "
+        f"x {trainer.num_devices}",
+        f"output: {cfg.paths.output_dir}",
+    ]
+    return "run\n" + "\n".join(lines)
+
+
 def record_divergence(
     err: DivergedError, trainer: L.Trainer, output_dir: Path, optimized_metric: str | None
 ) -> dict[str, float]:
@@ -131,6 +150,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     check_launch(trainer)
     if trainer.is_global_zero:
+        log.info("%s", config_summary(cfg, model, trainer))
         write_class_indices(classes, output_dir / "class_indices.json")
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

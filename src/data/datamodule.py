@@ -292,6 +292,9 @@ class ImageFolderDataModule(LightningDataModule):
         else:
             self.datasets = self.make_datasets(self.transforms())
         trainer = self.trainer
+        if trainer is None or trainer.is_global_zero:
+            sizes = ", ".join(f"{len(d):,} {split}" for split, d in self.datasets.items())
+            log.info("data: %s images from %s (backend %s)", sizes, self.root, self.hparams.backend)
         if self.bad_images and trainer is not None and trainer.is_global_zero:
             listing = "".join(f"{path}\t{problem}\n" for path, problem in self.bad_images.items())
             atomic_write(Path(trainer.default_root_dir) / "bad_images.txt", listing)
