@@ -138,7 +138,13 @@ class TrainingSamples(Callback):
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
         logger = find_tensorboard(trainer)
-        if self.logged or logger is None or not trainer.is_global_zero:
+        # without a data module (loaders passed to fit) the preprocessing to undo is unknown
+        if (
+            self.logged
+            or logger is None
+            or trainer.datamodule is None
+            or not trainer.is_global_zero
+        ):
             return
         self.logged = True
         images, targets = batch[0][: self.max_images], batch[1][: self.max_images]
