@@ -53,15 +53,18 @@ def check_input_size(crop_size: int, model: ImageClassifier) -> None:
         )
 
 
+# How a network is trained or run, not what it is: a resumed run may change them (a checkpoint
+# trained on a GPU, with compile and channels-last, resumes on a CPU without them).
+TRAINING_KEYS = ("optimizer", "scheduler", "max_lr_drops", "compile", "channels_last")
+
+
 def check_resume(cfg: DictConfig, classes: list[str]) -> None:
     """A run resumes only the model and data it was trained with: a changed activation or crop
     size would load the weights into something else without a word."""
     checkpoint = load_checkpoint(cfg.ckpt_path)
     saved_classes = checkpoint["hyper_parameters"]["class_names"]
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    conflicts = contradictions(
-        "model", model_cfg, checkpoint["hyper_parameters"], ("optimizer", "scheduler")
-    )
+    conflicts = contradictions("model", model_cfg, checkpoint["hyper_parameters"], TRAINING_KEYS)
     conflicts += contradictions(
         "data",
         OmegaConf.to_container(cfg.data, resolve=True),
