@@ -99,6 +99,9 @@ def test_resume_refuses_another_model_or_preprocessing(train_config):
         train(resumed)
     assert "model.activation='tanh' (the checkpoint has 'relu')" in str(err.value)
     assert "data.crop_size=66 (the checkpoint has 64)" in str(err.value)
+    # how it is trained or run may change: another rate, channels-last, another epoch count
+    more = ["model.optimizer.lr=0.001", "model.channels_last=true", "trainer.max_epochs=2"]
+    train(train_config(f"ckpt_path={ckpt}", *more, "test=false"))
 
 
 def test_a_diverged_run_stops_at_the_step_and_writes_no_checkpoint(train_config):
