@@ -468,7 +468,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=128, help="input path batch (the article's)")
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=30, help="training steps per framework run")
+    parser.add_argument("--steps", type=int, default=120, help="training steps per framework run")
     parser.add_argument("--preset-steps", type=int, default=3)
     parser.add_argument("--time-to-accuracy", action="store_true")
     parser.add_argument("--target", type=float, default=0.5)
