@@ -69,13 +69,16 @@ def write_images(root: Path, n_train: int, n_val: int, size: int = 48, seed: int
             Image.fromarray(pixels).save(folder / f"{i:05d}.jpg", quality=90)
 
 
-def train_epochs(root: Path, workers: int, epochs: int, out: Path) -> list[dict[str, float]]:
+def train_epochs(
+    root: Path, backend: str, workers: int, epochs: int, out: Path
+) -> list[dict[str, float]]:
     """Train cnn4 at 32 px from the command line; the per-epoch memory rows of its CSV log."""
-    run = out / f"workers_{workers}"
+    run = out / f"{backend}_workers_{workers}"
     command = [
         sys.executable, "-m", "src.train", "model=cnn4", "data=imagefolder", f"data.root={root}",
         f"data.cache_dir={out / 'cache'}", "data.resize_size=32", "data.crop_size=32",
-        f"data.num_workers={workers}", f"trainer.max_epochs={epochs}", "test=false",
+        f"data.backend={backend}", f"data.num_workers={workers}",
+        f"trainer.max_epochs={epochs}", "test=false",
         "logger=csv", "callbacks.progress_bar=null", "callbacks.model_checkpoint=null",
         "+callbacks.resident_memory._target_=src.utils.soak.ResidentMemory",
         f"hydra.run.dir={run}",
@@ -108,7 +111,11 @@ def main() -> None:
             timings.append(time.perf_counter() - start)
         assert not bad, bad
 
-        rows = {w: train_epochs(root, w, args.epochs, tmp) for w in (0, cores + 1)}
+        rows = {
+            (backend, w): train_epochs(root, backend, w, args.epochs, tmp)
+            for backend in ("cache", "pil")
+            for w in (0, cores + 1)
+        }
 
     lines = [
         "# Memory under load",
@@ -124,13 +131,14 @@ def main() -> None:
         "so pages they share count once) at the end of each epoch, MB; peak resident size of "
         "the main process:",
         "",
-        "| data.num_workers | " + " | ".join(f"epoch {e + 1}" for e in range(args.epochs))
+        "| data.backend | data.num_workers | "
+        + " | ".join(f"epoch {e + 1}" for e in range(args.epochs))
         + " | growth first → last | peak |",
-        "|---" * (args.epochs + 3) + "|",
+        "|---" * (args.epochs + 4) + "|",
     ]  # fmt: skip
-    for workers, epochs in rows.items():
+    for (backend, workers), epochs in rows.items():
         rss = [float(r["memory/rss_mb"]) for r in epochs]
-        cells = [str(workers), *(f"{v:.0f}" for v in rss), f"{rss[-1] - rss[0]:+.0f}"]
+        cells = [backend, str(workers), *(f"{v:.0f}" for v in rss), f"{rss[-1] - rss[0]:+.0f}"]
         cells.append(f"{float(epochs[-1]['memory/peak_mb']):.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
