@@ -101,8 +101,9 @@ def filter_grid(weight: torch.Tensor, groups: int = 1, nrow: int = 16) -> torch.
 def confusion_matrix_figure(
     matrix: torch.Tensor, class_names: Sequence[str], title: str = ""
 ) -> Figure:
-    """Counts of true (rows) against predicted (columns) classes; with up to 20 classes every
-    cell shows its count, with up to 50 the axes name every class."""
+    """Counts of true (rows) against predicted (columns) classes; with up to 10 classes every
+    cell shows its count (the numbers cost as much as the rest of the drawing), with up to 50
+    the axes name every class."""
     counts = matrix.cpu().numpy()
     n = len(class_names)
     side = min(max(4.0, 0.4 * n + 1.5), 14.0)
@@ -119,7 +120,7 @@ def confusion_matrix_figure(
         ticks = range(n)
         ax.set_xticks(ticks, class_names, rotation=90, fontsize=8)
         ax.set_yticks(ticks, class_names, fontsize=8)
-    if n <= 20:
+    if n <= 10:
         dark = counts.max() / 2
         for (row, col), count in np.ndenumerate(counts):
             if count:
