@@ -121,12 +121,7 @@ class CIFAR10DataModule(ImageFolderDataModule):
     def make_datasets(self, transforms: dict[str, v2.Compose]) -> dict[str, Dataset]:
         self._require_files()
         root = str(self.root)
-        datasets = {
+        return {
             split: CIFAR10Files(root, train=split == "train", transform=transform)
             for split, transform in transforms.items()
         }
-        if datasets["train"].classes != list(CLASSES):
-            raise ConfigError(
-                f"'{self.root}' holds classes {datasets['train'].classes}, not CIFAR-10's"
-            )
-        return datasets

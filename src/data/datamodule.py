@@ -236,11 +236,6 @@ class ImageFolderDataModule(LightningDataModule):
             split: CachedImages(cache_folder(folder, hp.cache_dir, hp.resize_size))
             for split, folder in self.split_folders().items()
         }
-        if datasets["train"].classes != self.classes:
-            raise ConfigError(
-                f"Class folders of '{self.root}' {datasets['train'].classes} differ from the "
-                f"expected {self.classes}"
-            )
         return datasets
 
     def per_device_batch_size(self) -> int:
@@ -275,12 +270,6 @@ class ImageFolderDataModule(LightningDataModule):
             )
             for split, folder in self.split_folders().items()
         }
-        if datasets["train"].classes != self.classes:
-            # Labels are folder indices: names in any other order would mislabel predictions.
-            raise ConfigError(
-                f"Class folders of '{self.root}' {datasets['train'].classes} differ from the "
-                f"expected {self.classes}"
-            )
         return datasets
 
     def setup(self, stage: str | None = None) -> None:
@@ -291,6 +280,12 @@ class ImageFolderDataModule(LightningDataModule):
             self.datasets = self.make_cached_datasets()
         else:
             self.datasets = self.make_datasets(self.transforms())
+        found = self.datasets["train"].classes
+        if found != self.classes:
+            # Labels are folder indices: names in any other order would mislabel predictions.
+            raise ConfigError(
+                f"Class folders of '{self.root}' {found} differ from the expected {self.classes}"
+            )
         trainer = self.trainer
         if trainer is None or trainer.is_global_zero:
             sizes = ", ".join(f"{len(d):,} {split}" for split, d in self.datasets.items())
