@@ -26,6 +26,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from torchvision.transforms import v2
 
 from src.data.images import load_rgb, record_verdicts
+from src.utils import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +78,6 @@ def _decoded(path: str, resize_size: int) -> tuple[np.ndarray | None, str | None
         return None, f"{type(err).__name__}: {err}"
 
 
-def _worker_count() -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not available on every platform
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 16))
-
-
 def _write(split_dir: Path, folder: Path, resize_size: int, verdicts_file: Path) -> dict[str, Any]:
     classes, samples = list_images(split_dir)
     shape = (len(samples), 3, resize_size, resize_size)
@@ -93,7 +86,7 @@ def _write(split_dir: Path, folder: Path, resize_size: int, verdicts_file: Path)
     problems: dict[Path, str | None] = {}
     # Threads: Pillow releases the interpreter lock while it decodes and resizes. Chunks keep
     # the queue of pending images short on a folder of millions.
-    with ThreadPoolExecutor(max_workers=_worker_count()) as pool:
+    with ThreadPoolExecutor(max_workers=min(usable_cpus(), 16)) as pool:
         for start in range(0, len(paths), CHUNK):
             chunk = paths[start : start + CHUNK]
             for row, (path, (pixels, problem)) in enumerate(

@@ -29,6 +29,8 @@ from PIL import Image
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from src.utils import usable_cpus
+
 log = logging.getLogger(__name__)
 
 CLASSES: tuple[str, ...] = tuple(f"{g / 2:.1f}" for g in range(13, 27))
@@ -244,14 +246,6 @@ def _write_class(
         Image.fromarray(image).save(folder / f"{i:05d}.jpg", quality=JPEG_QUALITY)
 
 
-def _worker_count() -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not available on every platform
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 8))
-
-
 def _write_tree(dest: Path, manifest: dict[str, Any]) -> None:
     size, seed = int(manifest["image_size"]), int(manifest["seed"])
     jobs = [
@@ -263,7 +257,7 @@ def _write_tree(dest: Path, manifest: dict[str, Any]) -> None:
     # interpreter lock, and threads are safe inside a training process that already runs
     # its own threads. Every image has its own generator, so the output does not depend on
     # scheduling.
-    with ThreadPoolExecutor(max_workers=_worker_count()) as pool:
+    with ThreadPoolExecutor(max_workers=min(usable_cpus(), 8)) as pool:
         futures = [pool.submit(_write_class, *job, size, seed) for job in jobs]
         try:
             for future in futures:

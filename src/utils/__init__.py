@@ -1,6 +1,7 @@
 """Small helpers shared by the entry points, and the config resolver they need."""
 
 import logging
+import os
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -26,6 +27,14 @@ class ConfigError(UserError, ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the config points at is not there."""
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity where the platform says)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not available on every platform
+        return os.cpu_count() or 1
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
