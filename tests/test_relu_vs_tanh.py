@@ -9,7 +9,7 @@ import pytest
 from nbclient import NotebookClient
 from PIL import Image
 
-from src.utils.relu_vs_tanh import Run, epochs_to_target, summarise, summary_table
+from src.experiments.relu_vs_tanh import Run, epochs_to_target, summarise, summary_table
 from tests.conftest import ROOT, micrograph_overrides, quick_overrides, run_cli
 
 
@@ -88,7 +88,21 @@ def test_seeds_give_a_spread():
     ratio = summarise(runs)["conditions"]["all"]["speedup_tanh_over_relu"]
     assert ratio["per_seed"] == [1.5, 2.0]
     assert (ratio["min"], ratio["max"], ratio["mean"]) == (1.5, 2.0, 1.75)
-    assert ratio["text"] == "1.50, 2.00 (mean 1.75)"
+    assert ratio["text"] == "1.50, 2.00 (mean 1.75, min-max 1.50-2.00)"
+
+
+def test_ratios_pair_runs_by_seed_value_not_position():
+    # seed 1's ReLU job is missing: seed 2's ReLU must not be compared with seed 1's tanh
+    runs = [
+        run("relu", 0.01, [0.5, 0.2], seed=0),
+        run("tanh", 0.01, [0.5, 0.4, 0.2], seed=0),
+        run("tanh", 0.01, [0.5, 0.5, 0.5, 0.2], seed=1),
+        run("relu", 0.01, [0.2], seed=2),
+        run("tanh", 0.01, [0.5, 0.2], seed=2),
+    ]
+    ratio = summarise(runs)["conditions"]["all"]["speedup_tanh_over_relu"]
+    assert ratio["seeds"] == [0, 2] and ratio["per_seed"] == [1.5, 2.0]
+    assert ratio["unpaired_seeds"] == [1]
 
 
 def sweep(tmp: Path, tiny_root: Path, *overrides: str) -> tuple[Path, str]:
@@ -110,12 +124,12 @@ def test_sweep_writes_both_runs_figure_and_summary(figure1_sweep):
     sweep_dir, stdout = figure1_sweep
     for name in ("relu_lr0.01", "tanh_lr0.01"):
         assert list((sweep_dir / name / "tensorboard").glob("events.out.tfevents.*"))
-    summary = json.loads((sweep_dir / "summary.json").read_text())
+    summary = json.loads((sweep_dir / "results.json").read_text())
     entry = summary["conditions"]["all"]
     assert summary["target_train_error"] == 0.25
     assert entry["relu"]["lr"] == entry["tanh"]["lr"] == 0.01
     assert entry["relu"]["epochs_run"] == [2] and len(entry["tanh"]["final_train_error"]) == 1
-    assert "| all | relu | 0.01 |" in stdout and (sweep_dir / "summary.md").is_file()
+    assert "| all | relu | 0.01 |" in stdout and (sweep_dir / "results.md").is_file()
     # the report is logged, into the sweep's own log file too
     assert "| all | relu | 0.01 |" in (sweep_dir / "report.log").read_text()
 
@@ -149,12 +163,12 @@ def test_conditions_sweep_tables_ratios_per_condition(tmp_path, tiny_root):
     sweep_dir, stdout = sweep(
         tmp_path, tiny_root, "experiment=relu_vs_tanh_conditions", *grid, *race
     )
-    conditions = json.loads((sweep_dir / "summary.json").read_text())["conditions"]
+    conditions = json.loads((sweep_dir / "results.json").read_text())["conditions"]
     assert set(conditions) == {
-        f"input_scale={s}, init=paper, arch=CNN4" for s in ("raw", "standardised")
+        f"input_scale={s}, init=paper, model=cnn4" for s in ("raw", "standardised")
     }
     for entry in conditions.values():
         assert entry["relu"]["epochs_run"] == entry["tanh"]["epochs_run"] == [1]
         assert entry["speedup_tanh_over_relu"]["per_seed"] == [1.0]
-    assert "input_scale=standardised, init=paper, arch=CNN4 | tanh" in stdout
+    assert "input_scale=standardised, init=paper, model=cnn4 | tanh" in stdout
     assert (sweep_dir / "figure1.png").is_file()

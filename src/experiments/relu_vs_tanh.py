@@ -22,8 +22,10 @@ from typing import Any
 
 from hydra.experimental.callback import Callback as HydraCallback
 from lightning import Callback, LightningModule, Trainer
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from src.experiments.report import log_to_sweep
+from src.experiments.runs import load_jobs
 from src.utils.io import atomic_write, write_figure
 
 log = logging.getLogger(__name__)
@@ -68,44 +70,30 @@ class Run:
         return self.errors[-1] if self.errors and not self.diverged else None
 
 
-def _scalars(event_dir: Path) -> dict[str, list[float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-
-
-def _label(cfg: DictConfig, key: str) -> str:
-    value = OmegaConf.select(cfg, key, throw_on_missing=False)
-    text = str(value).rsplit(".", 1)[-1] if key.endswith("arch") else str(value)
-    return f"{key.rsplit('.', 1)[-1]}={text}"
-
-
 def load_runs(
     sweep_dir: str | Path, condition_keys: Sequence[str] = (), metric: str = "train/error"
 ) -> list[Run]:
-    """Every job under ``sweep_dir`` with TensorBoard events or a record of its divergence;
-    ``condition_keys`` (config paths such as ``model.init``) name the condition of a job."""
+    """Every job under ``sweep_dir`` with ``metric`` curves or a record of its divergence;
+    ``condition_keys`` (config paths such as ``model.init``, or a config group such as
+    ``model``, named by its chosen option) name the condition of a job."""
     runs = []
-    for saved in sorted(Path(sweep_dir).glob("**/.hydra/config.yaml")):
-        job = saved.parent.parent
-        diverged = (job / "diverged.json").is_file()
-        curves = _scalars(job / "tensorboard") if (job / "tensorboard").is_dir() else {}
-        if metric not in curves and not diverged:
+    for job in load_jobs(sweep_dir):
+        if metric not in job.curves and not job.diverged:
             continue
-        cfg = OmegaConf.load(saved)
         runs.append(
             Run(
-                name=str(job.relative_to(sweep_dir)),
-                activation=str(cfg.model.activation),
-                lr=float(cfg.model.optimizer.lr),
-                seed=cfg.get("seed"),
-                condition=", ".join(_label(cfg, k) for k in condition_keys) or "all",
-                errors=curves.get(metric, []),
-                val_errors=curves.get("val/error", []),
-                seconds=curves.get("train/seconds", []),
-                diverged=diverged,
+                name=job.name,
+                activation=str(job.cfg.model.activation),
+                lr=float(job.cfg.model.optimizer.lr),
+                seed=job.seed,
+                condition=", ".join(
+                    f"{k.rsplit('.', 1)[-1]}={job.select(k)}" for k in condition_keys
+                )
+                or "all",
+                errors=job.curves.get(metric, []),
+                val_errors=job.curves.get("val/error", []),
+                seconds=job.curves.get("train/seconds", []),
+                diverged=job.diverged,
             )
         )
     return runs
@@ -152,35 +140,40 @@ def _choose(runs: list[Run], target: float) -> dict[str, Any]:
 
 
 def _ratio(relu: dict[str, Any], tanh: dict[str, Any]) -> dict[str, Any]:
-    """tanh / ReLU epochs per seed; when one side never reached the target, a bound."""
+    """tanh / ReLU epochs for each seed both activations ran (paired by seed value, so a missing
+    job never pairs different seeds); where one side never reached the target, a bound."""
+
+    def by_seed(entry: dict[str, Any]) -> dict[Any, tuple[int | None, int]]:
+        pairs = zip(entry["epochs_to_target"], entry["epochs_run"], strict=True)
+        return dict(zip(entry["seeds"], pairs, strict=True))
+
+    relu_seeds, tanh_seeds = by_seed(relu), by_seed(tanh)
+    seeds = [s for s in relu_seeds if s in tanh_seeds]
     per_seed, text = [], []
-    for r, t, r_max, t_max in zip(
-        relu["epochs_to_target"],
-        tanh["epochs_to_target"],
-        relu["epochs_run"],
-        tanh["epochs_run"],
-        strict=False,
-    ):
+    for seed in seeds:
+        (r, r_max), (t, t_max) = relu_seeds[seed], tanh_seeds[seed]
+        per_seed.append(t / r if r and t else None)
         if r and t:
-            per_seed.append(t / r)
             text.append(f"{t / r:.2f}")
         elif r:
-            per_seed.append(None)
             text.append(f">{t_max / r:.2f}")
         elif t:
-            per_seed.append(None)
             text.append(f"<{t / r_max:.2f}")
         else:
-            per_seed.append(None)
             text.append("n/a")
     values = [v for v in per_seed if v is not None]
-    mean = _mean(values) if len(values) == len(per_seed) else None
+    mean = _mean(values) if values and len(values) == len(per_seed) else None
+    spread = f" (mean {mean:.2f}, min-max {min(values):.2f}-{max(values):.2f})"
+    unpaired = sorted(set(relu_seeds) ^ set(tanh_seeds), key=str)
     return {
+        "seeds": seeds,
         "per_seed": per_seed,
-        "text": ", ".join(text) + (f" (mean {mean:.2f})" if mean and len(values) > 1 else ""),
+        "text": ", ".join(text) + (spread if mean and len(values) > 1 else ""),
         "mean": mean,
         "min": min(values) if values else None,
         "max": max(values) if values else None,
+        # seeds only one activation ran: left out of the ratio
+        "unpaired_seeds": unpaired,
     }
 
 
@@ -223,7 +216,7 @@ def summary_table(summary: dict[str, Any]) -> str:
     grid = (
         ", ".join(f"{lr:g}" for lr in next(iter(grids)))
         if len(grids) == 1
-        else "the rates its condition tried (lrs_tried in summary.json)"
+        else "the rates its condition tried (lrs_tried in results.json)"
     )
     lines = [
         f"Epochs to {target:.0%} training error; learning rate chosen per activation from "
@@ -300,21 +293,21 @@ def report(
     condition_keys: Sequence[str] = (),
     figure: str = "figure1.png",
 ) -> dict[str, Any]:
-    """Read a sweep, write ``figure``, summary.json and summary.md into it; return the summary."""
+    """Read a sweep, write ``figure``, results.json and results.md into it; return the summary."""
     sweep_dir = Path(sweep_dir)
     runs = load_runs(sweep_dir, condition_keys)
     if not runs:
         raise FileNotFoundError(f"No runs with TensorBoard train/error events under {sweep_dir}")
     summary = summarise(runs, target)
     plot_figure1(runs, summary, sweep_dir / figure)
-    atomic_write(sweep_dir / "summary.json", json.dumps(summary, indent=2))
+    atomic_write(sweep_dir / "results.json", json.dumps(summary, indent=2))
     table = summary_table(summary)
-    atomic_write(sweep_dir / "summary.md", f"# ReLU vs tanh: the paper's Figure 1\n\n{table}\n")
+    atomic_write(sweep_dir / "results.md", f"# ReLU vs tanh: the paper's Figure 1\n\n{table}\n")
     return summary
 
 
 class ReluVsTanhReport(HydraCallback):
-    """At the end of the multirun, turns the sweep folder into figure1.png and the summary."""
+    """At the end of the multirun, turns the sweep folder into figure1.png and the results."""
 
     def __init__(
         self,
@@ -329,15 +322,9 @@ class ReluVsTanhReport(HydraCallback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         summary = report(sweep_dir, self.target, self.condition_keys, self.figure)
-        # the sweep's own log, next to the figure; the console shows the same lines
-        handler = logging.FileHandler(sweep_dir / "report.log")
-        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s] - %(message)s"))
-        log.addHandler(handler)
-        try:
-            log.info("ReLU vs tanh\n%s", summary_table(summary))
-            log.info("figure   %s", sweep_dir / self.figure)
-            log.info("summary  %s, %s", sweep_dir / "summary.md", sweep_dir / "summary.json")
-            log.info("curves   tensorboard --logdir %s", sweep_dir)
-        finally:
-            log.removeHandler(handler)
-            handler.close()
+        log_to_sweep(
+            sweep_dir,
+            "ReLU vs tanh\n%s\nfigure   %s\nresults  %s, %s\ncurves   tensorboard --logdir %s",
+            summary_table(summary), sweep_dir / self.figure, sweep_dir / "results.md",
+            sweep_dir / "results.json", sweep_dir,
+        )  # fmt: skip
