@@ -10,6 +10,7 @@ from PIL import Image
 
 from src.data import statistics
 from src.data.cache import ensure_cache, list_images, square_pixels
+from src.data.cifar10 import CIFAR10DataModule
 from src.data.datamodule import ImageFolderDataModule
 from src.data.statistics import pca_offsets, sample_rows, training_statistics
 from src.eval import evaluate
@@ -183,3 +184,9 @@ def test_mean_image_and_pca_noise_train_evaluate_and_predict_from_the_checkpoint
 def test_bad_pca_noise_is_named(tiny_root, value):
     with pytest.raises(ConfigError, match="data.pca_noise"):
         ImageFolderDataModule(root=str(tiny_root), pca_noise=value)
+
+
+@pytest.mark.parametrize("setting", [{"pca_noise": 0.1}, {"input_scale": "mean_image"}])
+def test_cifar10_refuses_the_image_folder_statistics(tmp_path, setting):
+    with pytest.raises(ConfigError, match="data.pca_noise and data.input_scale=mean_image"):
+        CIFAR10DataModule(root=str(tmp_path), **setting)
