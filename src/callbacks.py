@@ -30,11 +30,14 @@ def unnormalise(
     images: torch.Tensor, mean: Sequence[float], std: Sequence[float], input_scale: str
 ) -> torch.Tensor:
     """Network inputs back to displayable 0-1 pixels: undoes ``(x - mean) / std`` on the 0-1
-    scale (``standardised``) or ``x * 255 - mean * 255`` (``raw``)."""
+    scale (``standardised``) or ``x * 255 - mean * 255`` (``raw``); ``mean_image`` inputs are
+    shown as ``raw`` ones, ``mean`` standing in for the mean image, whose place in a crop is
+    not known here."""
     shape = (-1, 1, 1)
     mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(shape)
     std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(shape)
-    pixels = images / 255 + mean_t if input_scale == "raw" else images * std_t + mean_t
+    pixel_scale = input_scale in ("raw", "mean_image")
+    pixels = images / 255 + mean_t if pixel_scale else images * std_t + mean_t
     return pixels.clamp(0, 1)
 
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from src.data.datamodule import datamodule_state
 from src.data.images import load_rgb
 from src.data.transforms import eval_transform
 from src.models.classifier import load_classifier
@@ -56,6 +57,8 @@ def predict(cfg: DictConfig) -> list[dict]:
         data["mean"],
         data["std"],
         data.get("input_scale", "standardised"),
+        # the training set's, carried in the checkpoint
+        mean_image=datamodule_state(checkpoint).get("mean_image"),
     )
     names = model.class_names
     out = Path(cfg.output_dir)

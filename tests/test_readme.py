@@ -73,6 +73,7 @@ SWITCHES = {
         "data", ["resize_size", "crop_size", "augment"]
     ),
     "`data.ten_crop`": ("data", ["ten_crop"]),
+    "`data.pca_noise`": ("data", ["pca_noise"]),
     "`data.input_scale`": ("data", ["input_scale"]),
     "`data.batch_size`": ("data", ["batch_size"]),
 }  # fmt: skip

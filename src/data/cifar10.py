@@ -96,6 +96,11 @@ class CIFAR10DataModule(ImageFolderDataModule):
             root=root, resize_size=resize_size, crop_size=crop_size, mean=mean, std=std, **kwargs
         )
         self.save_hyperparameters(logger=False)
+        if self.needs_statistics:
+            raise ConfigError(
+                "data.pca_noise and data.input_scale=mean_image measure an image folder's "
+                "training images; for CIFAR-10 use data.pca_noise=0 and another data.input_scale"
+            )
 
     @property
     def classes(self) -> list[str]:

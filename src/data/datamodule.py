@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,14 @@ from src.data.cache import CachedImages, as_batch, cache_folder, ensure_cache
 from src.data.gpu_augment import centre_crop, normalise, random_crops, ten_crops
 from src.data.images import find_bad_images, load_rgb, verdict_cache_file
 from src.data.micrographs import CLASSES, ensure_micrographs
+from src.data.statistics import KEYS, pca_offsets, pixel_mean_image, training_statistics
 from src.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     INPUT_SCALES,
+    ColourNoise,
     eval_transform,
+    offset_scale,
     train_transform,
 )
 from src.utils import ConfigError, MissingFileError, UserError, contradictions
@@ -66,6 +70,11 @@ def check_data_config(hp: Any) -> None:
             f"data.mean={list(hp.mean)} and data.std={list(hp.std)} need three values each "
             "(R, G, B), the std above 0"
         )
+    noise = hp.pca_noise
+    if isinstance(noise, bool) or not isinstance(noise, int | float) or not math.isfinite(noise):
+        raise ConfigError(f"data.pca_noise={noise!r} must be a number (0 turns it off)")
+    if noise < 0:
+        raise ConfigError(f"data.pca_noise={noise!r} is a standard deviation: 0 or more")
     if hp.backend not in BACKENDS:
         raise ConfigError(f"data.backend={hp.backend!r} is not one of {list(BACKENDS)}")
     if not hp.cache_dir:
@@ -163,6 +172,7 @@ class ImageFolderDataModule(LightningDataModule):
         backend: str = "pil",
         cache_dir: str = "data/cache",
         skip_bad_images: bool = False,
+        pca_noise: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -176,6 +186,11 @@ class ImageFolderDataModule(LightningDataModule):
         # Made in setup, in each process: a torch.Generator cannot be sent to ddp_spawn's.
         self.seed = torch.initial_seed()
         self.train_generator: torch.Generator | None = None
+        self._generator_state: torch.Tensor | None = None
+        # Training-set pixel statistics (src/data/statistics.py), only where a setting needs
+        # them; checkpoints carry them (state_dict), so evaluation never measures other data.
+        self.statistics: dict[str, torch.Tensor] | None = None
+        self._device_mean_image: torch.Tensor | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -186,6 +201,7 @@ class ImageFolderDataModule(LightningDataModule):
         # cached (it records what it found), else by the check itself.
         self.prepare_cache()
         self.find_bad_images()
+        self.ensure_statistics()
 
     def split_folders(self) -> dict[str, Path]:
         """The folder each stage reads: test falls back to val."""
@@ -229,6 +245,20 @@ class ImageFolderDataModule(LightningDataModule):
                 folder, self.hparams.cache_dir, self.hparams.resize_size, self.verdicts_file()
             )
 
+    @property
+    def needs_statistics(self) -> bool:
+        return self.hparams.pca_noise > 0 or self.hparams.input_scale == "mean_image"
+
+    def ensure_statistics(self) -> None:
+        """Measure (or load from ``cache_dir``) the training statistics, unless no setting needs
+        them or a checkpoint already supplied them."""
+        if not self.needs_statistics or self.statistics is not None:
+            return
+        unreadable = {str(p) for p in self.find_bad_images()}
+        hp = self.hparams
+        train = self.split_folders()["train"]
+        self.statistics = training_statistics(train, hp.cache_dir, hp.resize_size, unreadable)
+
     def make_cached_datasets(self) -> dict[str, Dataset]:
         self.find_bad_images()
         hp = self.hparams
@@ -248,14 +278,27 @@ class ImageFolderDataModule(LightningDataModule):
             )
         return self.hparams.batch_size // world
 
+    def colour_noise(self) -> ColourNoise | None:
+        hp = self.hparams
+        if not hp.pca_noise:
+            return None
+        eigvals, eigvecs = self.statistics["eigvals"], self.statistics["eigvecs"]
+        return ColourNoise(eigvals, eigvecs, hp.pca_noise, hp.std, hp.input_scale)
+
     def transforms(self) -> dict[str, v2.Compose]:
         hp = self.hparams
         sizes = (hp.resize_size, hp.crop_size, hp.mean, hp.std, hp.input_scale)
-        evaluate = eval_transform(*sizes)
+        mean_image = self.statistics["mean_image"] if hp.input_scale == "mean_image" else None
+        evaluate = eval_transform(*sizes, mean_image=mean_image)
+        noise = self.colour_noise()
+        if hp.augment:
+            train = train_transform(*sizes, mean_image=mean_image, colour_noise=noise)
+        else:
+            train = v2.Compose([*evaluate.transforms, *([noise] if noise else [])])
         return {
-            "train": train_transform(*sizes) if hp.augment else evaluate,
+            "train": train,
             "val": evaluate,
-            "test": eval_transform(*sizes, ten_crop=hp.ten_crop),
+            "test": eval_transform(*sizes, ten_crop=hp.ten_crop, mean_image=mean_image),
         }
 
     def make_datasets(self, transforms: dict[str, v2.Compose]) -> dict[str, Dataset]:
@@ -275,7 +318,10 @@ class ImageFolderDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_generator is None:
             self.train_generator = torch.Generator().manual_seed(self.seed)
+            if self._generator_state is not None:
+                self.train_generator.set_state(self._generator_state)
         self.batch_size_per_device = self.per_device_batch_size()
+        self.ensure_statistics()
         if self.hparams.backend == "cache":
             self.datasets = self.make_cached_datasets()
         else:
@@ -312,10 +358,20 @@ class ImageFolderDataModule(LightningDataModule):
         return self._loader("train", shuffle=True, generator=self.train_generator)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"train_generator": self.train_generator.get_state()}
+        state = {"train_generator": self.train_generator.get_state()}
+        return state | (self.statistics or {})
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.train_generator.set_state(state_dict["train_generator"])
+        """Also before setup (``datamodule_from_checkpoint``): the generator's state then waits
+        for setup, which makes the generator in the process that uses it."""
+        if self.train_generator is None:
+            self._generator_state = state_dict["train_generator"]
+        else:
+            self.train_generator.set_state(state_dict["train_generator"])
+        if all(k in state_dict for k in KEYS):
+            self.statistics = {k: state_dict[k] for k in KEYS}
+            self._device_mean_image = None
+            log.info("Pixel statistics taken from the checkpoint")
 
     def _eval_loader(self, split: str) -> DataLoader:
         """Each process evaluates its own share of the split and every image exactly once: the
@@ -348,15 +404,32 @@ class ImageFolderDataModule(LightningDataModule):
     ) -> torch.Tensor:
         """What the pil path's per-image transforms do, done on a whole uint8 (B, 3, S, S) batch
         of the cache wherever it is: random crops and flips for ``train``, the centre crop (or
-        ten crops for ``test`` with ``ten_crop``) otherwise, then normalisation."""
+        ten crops for ``test`` with ``ten_crop``) otherwise, then normalisation. The mean image
+        is subtracted before cropping, the colour noise added after normalisation."""
         hp = self.hparams
+        if hp.input_scale == "mean_image":
+            images = images.to(torch.float32) - self.device_mean_image(images.device)
         if stage == "train" and hp.augment:
             images = random_crops(images, hp.crop_size)
         elif stage == "test" and hp.ten_crop:
             images = ten_crops(images, hp.crop_size)
         else:
             images = centre_crop(images, hp.crop_size)
-        return normalise(images, hp.mean, hp.std, hp.input_scale, channels_last=channels_last)
+        offset = None
+        if stage == "train" and hp.pca_noise:
+            stats = self.statistics
+            offset = pca_offsets(len(images), stats["eigvals"], stats["eigvecs"], hp.pca_noise)
+            offset = offset * offset_scale(hp.std, hp.input_scale)
+        return normalise(
+            images, hp.mean, hp.std, hp.input_scale, offset=offset, channels_last=channels_last
+        )
+
+    def device_mean_image(self, device: torch.device) -> torch.Tensor:
+        """The 0-255 mean image on ``device``, moved there once."""
+        if self._device_mean_image is None or self._device_mean_image.device != device:
+            mean_image = pixel_mean_image(self.statistics["mean_image"])
+            self._device_mean_image = mean_image.to(device)
+        return self._device_mean_image
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """With the cache backend, the batch is transformed here, on the model's device."""
@@ -423,4 +496,14 @@ def datamodule_from_checkpoint(
             f"{', '.join('data.' + k for k in CHANGEABLE_DATA_KEYS)} may differ."
         )
     saved |= {k: v for k, v in requested.items() if k in CHANGEABLE_DATA_KEYS and v is not None}
-    return get_class(target)(**saved)
+    datamodule = get_class(target)(**saved)
+    state = datamodule_state(checkpoint)
+    if state:
+        datamodule.load_state_dict(state)
+    return datamodule
+
+
+def datamodule_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The data module's ``state_dict`` in a checkpoint (Lightning files it under the class
+    name): the training generator and, where used, the training statistics."""
+    return checkpoint.get(checkpoint["datamodule_target"].rsplit(".", 1)[-1], {})

@@ -63,17 +63,22 @@ def normalise(
     channels_last: bool = False,
 ) -> torch.Tensor:
     """uint8 (..., C, H, W) to float32 as transforms.py does it: ``standardised``
-    (x / 255 - mean) / std, ``raw`` x - 255 mean (mean and std on the 0-1 scale).
+    (x / 255 - mean) / std, ``raw`` x - 255 mean (mean and std on the 0-1 scale); ``mean_image``
+    takes float pixels whose mean image was already subtracted (before cropping) as they are.
 
     ``offset`` (B, C), if given, is added to every pixel of each image after normalisation: the
     hook for per-image colour noise such as the paper's PCA lighting noise (section 4.1).
     ``channels_last`` returns NHWC memory, which convolutions on a GPU prefer.
     """
-    if input_scale == "raw":
-        std = [1 / 255] * len(mean)
-    x = F.normalize(F.to_dtype(images, torch.float32, scale=True), list(mean), list(std), True)
+    if input_scale == "mean_image":
+        x = images.to(torch.float32)
+    else:
+        if input_scale == "raw":
+            std = [1 / 255] * len(mean)
+        x = F.normalize(F.to_dtype(images, torch.float32, scale=True), list(mean), list(std), True)
     if offset is not None:
-        x += offset.to(x.device, x.dtype)[:, :, None, None]
+        # not in place: with mean_image, x may be the caller's tensor
+        x = x + offset.to(x.device, x.dtype)[:, :, None, None]
     if channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x

@@ -1,0 +1,121 @@
+"""Training-set pixel statistics for the paper's mean image (section 2) and PCA colour noise
+(section 4.1), from a seeded sample of the training split, computed once per data set and resize
+size and kept as an .npz under ``cache_dir``.
+
+Both input paths see the same pixels: the squares of ``square_pixels``, read from the decode-once
+cache where it was built (identical pixels, no second decode).
+"""
+
+import io
+import logging
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from src.data.cache import INDEX, cache_folder, cache_key, list_images, square_pixels
+from src.utils import usable_cpus
+from src.utils.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+# Enough images for a stable mean image and 3x3 covariance; a fixed seed so both backends and
+# every run pick the same files.
+SAMPLE_SIZE = 4000
+SAMPLE_SEED = 0
+CHUNK = 256
+STATISTICS_VERSION = 1
+KEYS = ("mean_image", "eigvals", "eigvecs")
+
+
+def sample_rows(samples: list[tuple[str, int]], unreadable: set[str]) -> list[int]:
+    """Indices (in ImageFolder's order) of up to ``SAMPLE_SIZE`` readable files, sorted."""
+    readable = [i for i, (path, _) in enumerate(samples) if path not in unreadable]
+    count = min(SAMPLE_SIZE, len(readable))
+    picked = np.random.default_rng(SAMPLE_SEED).choice(len(readable), count, replace=False)
+    return sorted(readable[i] for i in picked)
+
+
+def pixel_statistics(chunks: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
+    """Mean image and the eigen-decomposition of the RGB covariance (0-1 scale) of uint8
+    (n, 3, S, S) chunks, accumulated in float64 so no more than one chunk is held."""
+    image_sum, pixel_sum, outer_sum, images = None, np.zeros(3), np.zeros((3, 3)), 0
+    for chunk in chunks:
+        x = chunk.astype(np.float64) / 255
+        image_sum = x.sum(0) if image_sum is None else image_sum + x.sum(0)
+        pixels = x.transpose(1, 0, 2, 3).reshape(3, -1)
+        pixel_sum += pixels.sum(1)
+        outer_sum += pixels @ pixels.T
+        images += len(x)
+    if not images:
+        raise ValueError("no readable training images to compute pixel statistics from")
+    count = images * image_sum[0].size
+    mean = pixel_sum / count
+    covariance = outer_sum / count - np.outer(mean, mean)
+    eigvals, eigvecs = np.linalg.eigh(covariance)
+    return {"mean_image": image_sum / images, "eigvals": eigvals, "eigvecs": eigvecs}
+
+
+def statistics_file(
+    train_dir: Path, samples: list[tuple[str, int]], cache_dir: str | Path, resize_size: int
+) -> Path:
+    key = cache_key(train_dir, samples, resize_size)
+    name = f"{train_dir.parent.name}-{train_dir.name}-{resize_size}px-{key}-v{STATISTICS_VERSION}"
+    return Path(cache_dir) / "statistics" / f"{name}.npz"
+
+
+def _chunks(
+    train_dir: Path, paths: list[str], rows: list[int], cache_dir: str | Path, resize_size: int
+) -> Iterator[np.ndarray]:
+    folder = cache_folder(train_dir, cache_dir, resize_size)
+    if (folder / INDEX).is_file():
+        log.info("Pixel statistics from %d cached images of %s", len(rows), folder)
+        images = np.load(folder / "images.npy", mmap_mode="r")
+        for start in range(0, len(rows), CHUNK):
+            yield np.asarray(images[rows[start : start + CHUNK]])
+        return
+    log.info("Pixel statistics from %d images of %s (decoding each)", len(rows), train_dir)
+    with ThreadPoolExecutor(max_workers=min(usable_cpus(), 16)) as pool:
+        for start in range(0, len(rows), CHUNK):
+            chunk = [paths[row] for row in rows[start : start + CHUNK]]
+            yield np.stack(list(pool.map(square_pixels, chunk, [resize_size] * len(chunk))))
+
+
+def training_statistics(
+    train_dir: str | Path, cache_dir: str | Path, resize_size: int, unreadable: set[str]
+) -> dict[str, torch.Tensor]:
+    """The statistics of ``train_dir`` at ``resize_size``: loaded from ``cache_dir`` when this
+    exact data set (file names, sizes, times) was measured before, else computed and saved."""
+    train_dir = Path(train_dir)
+    _, samples = list_images(train_dir)
+    path = statistics_file(train_dir, samples, cache_dir, resize_size)
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as saved:
+            stats = {k: saved[k] for k in KEYS}
+        log.info("Pixel statistics loaded from %s", path)
+    else:
+        rows = sample_rows(samples, unreadable)
+        paths = [p for p, _ in samples]
+        stats = pixel_statistics(_chunks(train_dir, paths, rows, cache_dir, resize_size))
+        buffer = io.BytesIO()
+        np.savez(buffer, **stats)
+        atomic_write(path, buffer.getvalue())
+        log.info("Pixel statistics saved to %s", path)
+    return {k: torch.from_numpy(v) for k, v in stats.items()}
+
+
+def pca_offsets(
+    count: int, eigvals: torch.Tensor, eigvecs: torch.Tensor, sigma: float
+) -> torch.Tensor:
+    """(count, 3) RGB offsets on the 0-1 scale, ``eigvecs @ (alpha * eigvals)`` with alpha drawn
+    from N(0, sigma) per image and eigenvector by torch's default generator, which the run's seed
+    and the loader workers' seeds set."""
+    alpha = torch.randn(count, 3, dtype=torch.float64) * sigma
+    return ((alpha * eigvals.double()) @ eigvecs.double().T).float()
+
+
+def pixel_mean_image(mean_image: torch.Tensor) -> torch.Tensor:
+    """The mean image at the 0-255 scale, as both input paths subtract it."""
+    return (mean_image.double() * 255).float()
