@@ -10,6 +10,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # standardised: (x - mean) / std; raw: section 2 of the paper, only the mean subtracted, at the
 # 0-255 pixel scale (std is then ignored)
 INPUT_SCALES = ("standardised", "raw")
+# random: the paper's crop_size crop of the resize_size square; random_resized: torchvision's
+# RandomResizedCrop of it (scale 0.08-1, ratio 3/4-4/3), as the seed article trained
+TRAIN_CROPS = ("random", "random_resized")
 
 
 def _to_tensor(mean: Sequence[float], std: Sequence[float], input_scale: str) -> list[v2.Transform]:
@@ -24,14 +27,16 @@ def train_transform(
     mean: Sequence[float],
     std: Sequence[float],
     input_scale: str = "standardised",
+    train_crop: str = "random",
 ) -> v2.Compose:
     """Short side to ``resize_size``, centre square, then a random ``crop_size`` crop and a
-    random horizontal flip: the paper's 2048-fold augmentation."""
+    random horizontal flip: the paper's 2048-fold augmentation (``train_crop="random"``)."""
+    crop = v2.RandomCrop(crop_size) if train_crop == "random" else v2.RandomResizedCrop(crop_size)
     return v2.Compose(
         [
             v2.Resize(resize_size),
             v2.CenterCrop(resize_size),
-            v2.RandomCrop(crop_size),
+            crop,
             v2.RandomHorizontalFlip(),
             *_to_tensor(mean, std, input_scale),
         ]
