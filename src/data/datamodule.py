@@ -15,13 +15,20 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from src.data.cache import CachedImages, as_batch, cache_folder, ensure_cache
-from src.data.gpu_augment import centre_crop, normalise, random_crops, ten_crops
+from src.data.gpu_augment import (
+    centre_crop,
+    normalise,
+    random_crops,
+    random_resized_crops,
+    ten_crops,
+)
 from src.data.images import find_bad_images, load_rgb, verdict_cache_file
 from src.data.micrographs import CLASSES, ensure_micrographs
 from src.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     INPUT_SCALES,
+    TRAIN_CROPS,
     eval_transform,
     train_transform,
 )
@@ -66,6 +73,10 @@ def check_data_config(hp: Any) -> None:
             f"data.mean={list(hp.mean)} and data.std={list(hp.std)} need three values each "
             "(R, G, B), the std above 0"
         )
+    if hp.train_crop not in TRAIN_CROPS:
+        raise ConfigError(f"data.train_crop={hp.train_crop!r} is not one of {list(TRAIN_CROPS)}")
+    if not isinstance(hp.augment_val, bool):
+        raise ConfigError(f"data.augment_val={hp.augment_val!r} must be true or false")
     if hp.backend not in BACKENDS:
         raise ConfigError(f"data.backend={hp.backend!r} is not one of {list(BACKENDS)}")
     if not hp.cache_dir:
@@ -156,6 +167,8 @@ class ImageFolderDataModule(LightningDataModule):
         resize_size: int = 256,
         crop_size: int = 224,
         augment: bool = True,
+        train_crop: str = "random",
+        augment_val: bool = False,
         ten_crop: bool = False,
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
@@ -169,6 +182,9 @@ class ImageFolderDataModule(LightningDataModule):
         check_data_config(self.hparams)
         self.root = Path(root)
         self.datasets: dict[str, Dataset] = {}
+        # The splits evaluated on ten crops: the test after training with ``ten_crop``; src.eval
+        # sets the split it evaluates. Training's own validation stays on the centre crop.
+        self.ten_crop_splits: set[str] = {"test"} if ten_crop else set()
         self.bad_images: dict[Path, str] = {}
         # The training order and the loader workers' seeds come from a generator of their own,
         # seeded by the run's seed and saved in checkpoints (state_dict): a resumed run shuffles
@@ -252,11 +268,14 @@ class ImageFolderDataModule(LightningDataModule):
         hp = self.hparams
         sizes = (hp.resize_size, hp.crop_size, hp.mean, hp.std, hp.input_scale)
         evaluate = eval_transform(*sizes)
-        return {
-            "train": train_transform(*sizes) if hp.augment else evaluate,
-            "val": evaluate,
-            "test": eval_transform(*sizes, ten_crop=hp.ten_crop),
-        }
+        train = train_transform(*sizes, hp.train_crop) if hp.augment else evaluate
+        transforms = {"train": train}
+        for split in ("val", "test"):
+            if split in self.ten_crop_splits:
+                transforms[split] = eval_transform(*sizes, ten_crop=True)
+            else:
+                transforms[split] = train if hp.augment_val else evaluate
+        return transforms
 
     def make_datasets(self, transforms: dict[str, v2.Compose]) -> dict[str, Dataset]:
         bad = {str(p) for p in self.find_bad_images()}
@@ -347,13 +366,15 @@ class ImageFolderDataModule(LightningDataModule):
         self, images: torch.Tensor, stage: str, channels_last: bool = False
     ) -> torch.Tensor:
         """What the pil path's per-image transforms do, done on a whole uint8 (B, 3, S, S) batch
-        of the cache wherever it is: random crops and flips for ``train``, the centre crop (or
-        ten crops for ``test`` with ``ten_crop``) otherwise, then normalisation."""
+        of the cache wherever it is: random crops and flips for ``train`` (and with
+        ``augment_val`` for ``val`` and ``test``), ten crops for ``ten_crop_splits``, the centre
+        crop otherwise, then normalisation."""
         hp = self.hparams
-        if stage == "train" and hp.augment:
-            images = random_crops(images, hp.crop_size)
-        elif stage == "test" and hp.ten_crop:
+        if stage in self.ten_crop_splits:
             images = ten_crops(images, hp.crop_size)
+        elif hp.augment and (stage == "train" or hp.augment_val):
+            crops = random_crops if hp.train_crop == "random" else random_resized_crops
+            images = crops(images, hp.crop_size)
         else:
             images = centre_crop(images, hp.crop_size)
         return normalise(images, hp.mean, hp.std, hp.input_scale, channels_last=channels_last)
