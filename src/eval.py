@@ -38,6 +38,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Metrics of the checkpoint on the val or test split of the data it was trained on."""
     if cfg.split not in ("val", "test"):
         raise ConfigError(f"split={cfg.split!r} must be 'val' or 'test'")
+    if cfg.ten_crop is not None and not isinstance(cfg.ten_crop, bool):
+        raise ConfigError(f"ten_crop={cfg.ten_crop!r} must be true, false or null")
     L.seed_everything(cfg.seed, workers=True)
     model, checkpoint = load_classifier(cfg.ckpt_path)
     requested = OmegaConf.to_container(cfg.data)

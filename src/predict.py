@@ -19,7 +19,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from src.data.images import load_rgb
 from src.data.transforms import eval_transform
 from src.models.classifier import load_classifier
-from src.utils import MissingFileError, exit_on_user_error
+from src.utils import ConfigError, MissingFileError, exit_on_user_error
 from src.utils.io import atomic_write, write_figure
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ def save_figure(image: Image.Image, title: str, path: Path) -> None:
 @torch.inference_mode()
 def predict(cfg: DictConfig) -> list[dict]:
     """Top-k predictions per image; also written to ``predictions.json`` in the output folder."""
+    if not isinstance(cfg.ten_crop, bool):
+        raise ConfigError(f"ten_crop={cfg.ten_crop!r} must be true or false")
     model, checkpoint = load_classifier(cfg.ckpt_path)
     data = checkpoint["datamodule_hyper_parameters"]
     transform = eval_transform(

@@ -84,6 +84,8 @@ def test_eval_ten_crop_scores_both_ways_in_one_pass(trained, tmp_path, backend, 
     assert "centre crop   ten crops" in caplog.text
     with pytest.raises(ValueError, match="ten_crop=true"):
         run("+data.ten_crop=true")
+    with pytest.raises(ValueError, match="ten_crop='often'"):
+        run("ten_crop=often")
 
 
 def test_resume_continues_at_the_next_epoch(trained, train_config):
@@ -148,6 +150,8 @@ def test_predict_ten_crop_averages_the_softmax_over_ten_crops(trained, tiny_root
         probs = model(crops).softmax(-1).mean(0)
     expected = {name: float(p) for name, p in zip(model.class_names, probs, strict=True)}
     assert top[True] == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="ten_crop='often'"):
+        predict(compose_config("predict", [*args[:3], "ten_crop=often"], tmp_path))
 
 
 def test_predict_needs_a_real_checkpoint(tmp_path):
