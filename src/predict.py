@@ -1,7 +1,8 @@
 """Classify images with a trained checkpoint: ``python -m src.predict ckpt_path=PATH image=PATH``.
 
 Prints the top classes of each image and saves it as a PNG titled with the prediction. Needs no
-data set: class names and preprocessing come from the checkpoint.
+data set: class names and preprocessing come from the checkpoint. ``ten_crop=true`` averages the
+softmax over the ten crops of each image (paper, section 4.1) instead of taking the centre crop.
 """
 
 import json
@@ -19,7 +20,7 @@ from src.data.datamodule import datamodule_state
 from src.data.images import load_rgb
 from src.data.transforms import eval_transform
 from src.models.classifier import load_classifier
-from src.utils import MissingFileError, exit_on_user_error
+from src.utils import ConfigError, MissingFileError, exit_on_user_error
 from src.utils.io import atomic_write, write_figure
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ def save_figure(image: Image.Image, title: str, path: Path) -> None:
 @torch.inference_mode()
 def predict(cfg: DictConfig) -> list[dict]:
     """Top-k predictions per image; also written to ``predictions.json`` in the output folder."""
+    if not isinstance(cfg.ten_crop, bool):
+        raise ConfigError(f"ten_crop={cfg.ten_crop!r} must be true or false")
     model, checkpoint = load_classifier(cfg.ckpt_path)
     data = checkpoint["datamodule_hyper_parameters"]
     transform = eval_transform(
@@ -59,21 +62,27 @@ def predict(cfg: DictConfig) -> list[dict]:
         data.get("input_scale", "standardised"),
         # the training set's, carried in the checkpoint
         mean_image=datamodule_state(checkpoint).get("mean_image"),
+        ten_crop=cfg.ten_crop,
     )
+    method = "softmax averaged over 10 crops" if cfg.ten_crop else "centre crop"
     names = model.class_names
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for path in find_images(cfg.image):
         image = load_rgb(path)
-        probs = model(transform(image).unsqueeze(0)).softmax(-1)[0]
+        x = transform(image)
+        # (10, C, H, W) with ten crops, else one (C, H, W) image
+        probs = model(x if cfg.ten_crop else x.unsqueeze(0)).softmax(-1).mean(0)
         top = probs.topk(min(cfg.top_k, len(names)))
         ranked = [(names[i], float(p)) for p, i in zip(top.values, top.indices, strict=True)]
         png = out / f"{path.stem}_prediction.png"
         save_figure(image, f"class: {ranked[0][0]}   prob: {ranked[0][1]:.3f}", png)
         lines = [f"  {rank}. {name:<12} {p:.4f}" for rank, (name, p) in enumerate(ranked, 1)]
-        log.info("%s\n%s", path, "\n".join(lines))
-        results.append({"image": str(path), "top": ranked, "figure": str(png)})
+        log.info("%s (%s)\n%s", path, method, "\n".join(lines))
+        results.append(
+            {"image": str(path), "top": ranked, "figure": str(png), "ten_crop": cfg.ten_crop}
+        )
     atomic_write(out / "predictions.json", json.dumps(results, indent=2))
     log.info("figures and predictions.json in %s", out)
     return results

@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 @rank_zero_only
 def print_summary(metrics: dict[str, float], trainer: L.Trainer, output_dir: Path) -> None:
     ckpt = trainer.checkpoint_callback
-    labels = {"val/acc_best": "best val/acc", "test/acc": "test/acc"}
+    labels = {
+        "val/acc_best": "best val/acc",
+        "test/acc": "test/acc",
+        "test/acc_tencrop": "test/acc 10 crops",
+    }
     lines = [f"{label:<16} {metrics[key]:.4f}" for key, label in labels.items() if key in metrics]
     if ckpt and ckpt.best_model_path:
         lines.append(f"best checkpoint  {ckpt.best_model_path}")

@@ -94,3 +94,40 @@ def test_global_batch_must_divide_by_devices(tiny_root):
     dm.hparams.batch_size = 6
     dm.setup("fit")
     assert dm.batch_size_per_device == 3
+
+
+def eval_batches(dm: ImageFolderDataModule, split: str) -> torch.Tensor:
+    """One pass over a split as the model receives it, on either backend."""
+    loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
+    if dm.hparams.backend == "pil":
+        return torch.cat([x for x, _ in loader])
+    return torch.cat([dm.device_transform(x, split) for x, _ in loader])
+
+
+@pytest.mark.parametrize("backend", ["pil", "cache"])
+def test_augment_val_and_resized_crops_on_both_backends(tiny_root, tmp_path, backend):
+    """augment_val: validation and test draw the training crops anew every pass (the seed
+    article's recipe); without it they are the fixed centre crop. train_crop=random_resized
+    trains on crop_size crops."""
+    options = {"backend": backend, "cache_dir": str(tmp_path), "train_crop": "random_resized"}
+    dm = make_module(tiny_root, augment_val=True, **options)
+    dm.prepare_data()
+    dm.setup("fit")
+    torch.manual_seed(0)
+    for split in ("val", "test"):
+        first = eval_batches(dm, split)
+        assert first.shape[1:] == (3, 64, 64) and not torch.equal(first, eval_batches(dm, split))
+    x, _ = next(iter(dm.train_dataloader()))
+    if backend == "cache":
+        x = dm.device_transform(x, "train")
+    assert x.shape == (4, 3, 64, 64) and x.dtype == torch.float32
+    fixed = make_module(tiny_root, **options)
+    fixed.setup("fit")
+    assert torch.equal(eval_batches(fixed, "val"), eval_batches(fixed, "val"))
+
+
+def test_training_crop_settings_are_checked(tiny_root):
+    with pytest.raises(ValueError, match="data.train_crop='centre'"):
+        make_module(tiny_root, train_crop="centre")
+    with pytest.raises(ValueError, match="data.augment_val='yes'"):
+        make_module(tiny_root, augment_val="yes")

@@ -1,10 +1,17 @@
 import pytest
 import torch
-from scipy.stats import chisquare
+from PIL import Image
+from scipy.stats import binomtest, chisquare, ks_2samp
 from torchvision.transforms import v2
 
-from src.data.gpu_augment import centre_crop, normalise, random_crops, ten_crops
-from src.data.transforms import _to_tensor
+from src.data.gpu_augment import (
+    centre_crop,
+    normalise,
+    random_crops,
+    random_resized_crops,
+    ten_crops,
+)
+from src.data.transforms import _to_tensor, train_transform
 
 SIZE, CROP = 8, 4  # five possible offsets per axis
 
@@ -57,3 +64,55 @@ def test_normalise_equals_the_per_image_transforms(input_scale):
     assert shifted.is_contiguous(memory_format=torch.channels_last)
     added = offset[:, :, None, None].expand_as(expected)
     assert torch.allclose(shifted - expected, added, atol=1e-4)
+
+
+def test_random_resized_crops_draw_as_torchvision():
+    """One image at a time, the same seed gives v2's RandomResizedCrop + RandomHorizontalFlip
+    exactly: the same boxes, flips and resized pixels."""
+    images = torch.randint(0, 256, (1, 3, 20, 20), dtype=torch.uint8)
+    per_image = v2.Compose([v2.RandomResizedCrop(CROP), v2.RandomHorizontalFlip()])
+    for seed in range(20):
+        torch.manual_seed(seed)
+        expected = per_image(images[0])
+        torch.manual_seed(seed)
+        assert torch.equal(random_resized_crops(images, CROP)[0], expected)
+
+
+BIG, STEP = 64, 4  # positions: 64-px images whose pixel values are 4 x the row or column
+
+
+def positions() -> torch.Tensor:
+    rows = torch.arange(BIG).view(BIG, 1).expand(BIG, BIG) * STEP
+    return torch.stack([rows, rows.T, torch.zeros_like(rows)]).to(torch.uint8)
+
+
+def boxes(crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Area (as a fraction of the image), aspect ratio and flip of each crop of ``positions``,
+    read from its edge pixels: a linear ramp stays linear through the bilinear resize."""
+    crops = crops.double() / STEP
+    rows, cols = crops[:, 0, :, 0], crops[:, 1, 0, :]
+    n = crops.shape[-1]
+    h = (rows[:, -1] - rows[:, 0]) * n / (n - 1)
+    w = (cols[:, -1] - cols[:, 0]).abs() * n / (n - 1)
+    return h * w / BIG**2, w / h, cols[:, 0] > cols[:, -1]
+
+
+def test_random_resized_crops_cover_the_scales_of_the_per_image_path():
+    """Batched (cache) and per-image (pil, train_crop=random_resized) crops of an image whose
+    pixels encode their position: areas within 8-100 % and ratios within 3/4-4/3, the same
+    distribution on both paths, every image of a batch on its own, flips with p = 1/2."""
+    torch.manual_seed(0)
+    n, out = 1000, 16
+    image = positions()
+    batched = random_resized_crops(image.expand(n, 3, BIG, BIG), out)
+    assert batched.shape == (n, 3, out, out) and batched.dtype == torch.uint8
+    per_image = train_transform(BIG, out, [0.0] * 3, [1.0] * 3, train_crop="random_resized")
+    pil = Image.fromarray(image.permute(1, 2, 0).numpy())
+    single = torch.stack([per_image(pil) for _ in range(n)]) * 255
+    for crops in (batched, single):
+        area, ratio, flips = boxes(crops)
+        assert 0.07 < area.min() < 0.12 and 0.9 < area.max() < 1.03
+        assert 3 / 4 - 0.1 < ratio.min() < ratio.max() < 4 / 3 + 0.1
+        assert binomtest(int(flips.sum()), n).pvalue > 1e-3
+    assert ks_2samp(boxes(batched)[0], boxes(single)[0]).pvalue > 1e-3
+    assert len({tuple(c[:2, 0, 0].tolist()) for c in batched}) > n // 4

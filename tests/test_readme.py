@@ -72,6 +72,8 @@ SWITCHES = {
     "`data.resize_size`, `data.crop_size`, `data.augment`": (
         "data", ["resize_size", "crop_size", "augment"]
     ),
+    "`data.train_crop`": ("data", ["train_crop"]),
+    "`data.augment_val`": ("data", ["augment_val"]),
     "`data.ten_crop`": ("data", ["ten_crop"]),
     "`data.pca_noise`": ("data", ["pca_noise"]),
     "`data.input_scale`": ("data", ["input_scale"]),

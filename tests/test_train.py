@@ -7,7 +7,9 @@ import torch
 from PIL import Image
 
 from src.data.datamodule import datamodule_from_checkpoint
+from src.data.images import load_rgb
 from src.data.micrographs import CLASSES
+from src.data.transforms import eval_transform
 from src.eval import evaluate
 from src.models.classifier import load_classifier
 from src.predict import predict
@@ -58,6 +60,34 @@ def test_eval_reproduces_the_test_accuracy_from_the_checkpoint_alone(trained, tm
     assert results["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["cache", "pil"])
+def test_eval_ten_crop_scores_both_ways_in_one_pass(trained, tmp_path, backend, caplog):
+    """ten_crop=true adds the ten crops' accuracies beside the centre crop's metrics, which stay
+    those of a centre-crop evaluation, on the test split and (split=val) the validation split."""
+    cfg, _, _ = trained
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    runs = iter(range(10))
+
+    def run(*overrides: str) -> dict[str, float]:
+        args = [f"ckpt_path={ckpt}", "trainer.accelerator=cpu", f"+data.backend={backend}"]
+        return evaluate(compose_config("eval", [*args, *overrides], tmp_path / f"{next(runs)}"))
+
+    caplog.set_level(logging.INFO, logger="src.eval")
+    for split in ("test", "val"):
+        centre = run(f"split={split}", "ten_crop=false")
+        ten = run(f"split={split}", "ten_crop=true")
+        assert f"{split}/acc_tencrop" not in centre
+        assert {f"{split}/acc_tencrop", f"{split}/acc_top5_tencrop"} <= set(ten)
+        assert ten[f"{split}/acc"] == centre[f"{split}/acc"]
+        assert ten[f"{split}/acc_top5"] == centre[f"{split}/acc_top5"]
+        assert ten[f"{split}/loss"] == pytest.approx(centre[f"{split}/loss"], rel=1e-5)
+    assert "centre crop   ten crops" in caplog.text
+    with pytest.raises(ValueError, match="ten_crop=true"):
+        run("+data.ten_crop=true")
+    with pytest.raises(ValueError, match="ten_crop='often'"):
+        run("ten_crop=often")
+
+
 def test_resume_continues_at_the_next_epoch(trained, train_config):
     cfg, _, _ = trained
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
@@ -98,6 +128,30 @@ def test_predict_logs_top5_and_saves_the_picture(trained, tiny_root, tmp_path, c
     with Image.open(result["figure"]) as png:
         assert png.format == "PNG" and png.size[0] > 100
     assert json.loads((tmp_path / "predictions.json").read_text())[0]["image"] == str(image)
+
+
+def test_predict_ten_crop_averages_the_softmax_over_ten_crops(trained, tiny_root, tmp_path, caplog):
+    cfg, _, _ = trained
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    image = next((tiny_root / "val" / "8.0").iterdir())
+    caplog.set_level(logging.INFO, logger="src.predict")
+    top = {}
+    for ten_crop in (False, True):
+        args = [f"ckpt_path={ckpt}", f"image={image}", "top_k=14", f"ten_crop={ten_crop}"]
+        (result,) = predict(compose_config("predict", args, tmp_path / str(ten_crop)))
+        top[ten_crop] = dict(result["top"])
+    assert "softmax averaged over 10 crops" in caplog.text
+    assert top[True] != top[False]
+    model, checkpoint = load_classifier(ckpt)
+    data = checkpoint["datamodule_hyper_parameters"]
+    sizes = [data[k] for k in ("resize_size", "crop_size", "mean", "std", "input_scale")]
+    with torch.inference_mode():
+        crops = eval_transform(*sizes, ten_crop=True)(load_rgb(image))
+        probs = model(crops).softmax(-1).mean(0)
+    expected = {name: float(p) for name, p in zip(model.class_names, probs, strict=True)}
+    assert top[True] == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="ten_crop='often'"):
+        predict(compose_config("predict", [*args[:3], "ten_crop=often"], tmp_path))
 
 
 def test_predict_needs_a_real_checkpoint(tmp_path):

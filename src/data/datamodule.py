@@ -16,7 +16,13 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from src.data.cache import CachedImages, as_batch, cache_folder, ensure_cache
-from src.data.gpu_augment import centre_crop, normalise, random_crops, ten_crops
+from src.data.gpu_augment import (
+    centre_crop,
+    normalise,
+    random_crops,
+    random_resized_crops,
+    ten_crops,
+)
 from src.data.images import find_bad_images, load_rgb, verdict_cache_file
 from src.data.micrographs import CLASSES, ensure_micrographs
 from src.data.statistics import KEYS, pca_offsets, pixel_mean_image, training_statistics
@@ -24,6 +30,7 @@ from src.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     INPUT_SCALES,
+    TRAIN_CROPS,
     ColourNoise,
     eval_transform,
     offset_scale,
@@ -75,6 +82,10 @@ def check_data_config(hp: Any) -> None:
         raise ConfigError(f"data.pca_noise={noise!r} must be a number (0 turns it off)")
     if noise < 0:
         raise ConfigError(f"data.pca_noise={noise!r} is a standard deviation: 0 or more")
+    if hp.train_crop not in TRAIN_CROPS:
+        raise ConfigError(f"data.train_crop={hp.train_crop!r} is not one of {list(TRAIN_CROPS)}")
+    if not isinstance(hp.augment_val, bool):
+        raise ConfigError(f"data.augment_val={hp.augment_val!r} must be true or false")
     if hp.backend not in BACKENDS:
         raise ConfigError(f"data.backend={hp.backend!r} is not one of {list(BACKENDS)}")
     if not hp.cache_dir:
@@ -165,6 +176,8 @@ class ImageFolderDataModule(LightningDataModule):
         resize_size: int = 256,
         crop_size: int = 224,
         augment: bool = True,
+        train_crop: str = "random",
+        augment_val: bool = False,
         ten_crop: bool = False,
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
@@ -179,6 +192,9 @@ class ImageFolderDataModule(LightningDataModule):
         check_data_config(self.hparams)
         self.root = Path(root)
         self.datasets: dict[str, Dataset] = {}
+        # The splits evaluated on ten crops: the test after training with ``ten_crop``; src.eval
+        # sets the split it evaluates. Training's own validation stays on the centre crop.
+        self.ten_crop_splits: set[str] = {"test"} if ten_crop else set()
         self.bad_images: dict[Path, str] = {}
         # The training order and the loader workers' seeds come from a generator of their own,
         # seeded by the run's seed and saved in checkpoints (state_dict): a resumed run shuffles
@@ -292,14 +308,18 @@ class ImageFolderDataModule(LightningDataModule):
         evaluate = eval_transform(*sizes, mean_image=mean_image)
         noise = self.colour_noise()
         if hp.augment:
-            train = train_transform(*sizes, mean_image=mean_image, colour_noise=noise)
+            train = train_transform(
+                *sizes, train_crop=hp.train_crop, mean_image=mean_image, colour_noise=noise
+            )
         else:
             train = v2.Compose([*evaluate.transforms, *([noise] if noise else [])])
-        return {
-            "train": train,
-            "val": evaluate,
-            "test": eval_transform(*sizes, ten_crop=hp.ten_crop, mean_image=mean_image),
-        }
+        transforms = {"train": train}
+        for split in ("val", "test"):
+            if split in self.ten_crop_splits:
+                transforms[split] = eval_transform(*sizes, ten_crop=True, mean_image=mean_image)
+            else:
+                transforms[split] = train if hp.augment_val else evaluate
+        return transforms
 
     def make_datasets(self, transforms: dict[str, v2.Compose]) -> dict[str, Dataset]:
         bad = {str(p) for p in self.find_bad_images()}
@@ -403,16 +423,18 @@ class ImageFolderDataModule(LightningDataModule):
         self, images: torch.Tensor, stage: str, channels_last: bool = False
     ) -> torch.Tensor:
         """What the pil path's per-image transforms do, done on a whole uint8 (B, 3, S, S) batch
-        of the cache wherever it is: random crops and flips for ``train``, the centre crop (or
-        ten crops for ``test`` with ``ten_crop``) otherwise, then normalisation. The mean image
-        is subtracted before cropping, the colour noise added after normalisation."""
+        of the cache wherever it is: random crops and flips for ``train`` (and with
+        ``augment_val`` for ``val`` and ``test``), ten crops for ``ten_crop_splits``, the centre
+        crop otherwise, then normalisation. The mean image is subtracted before cropping, the
+        colour noise added after normalisation."""
         hp = self.hparams
         if hp.input_scale == "mean_image":
             images = images.to(torch.float32) - self.device_mean_image(images.device)
-        if stage == "train" and hp.augment:
-            images = random_crops(images, hp.crop_size)
-        elif stage == "test" and hp.ten_crop:
+        if stage in self.ten_crop_splits:
             images = ten_crops(images, hp.crop_size)
+        elif hp.augment and (stage == "train" or hp.augment_val):
+            crops = random_crops if hp.train_crop == "random" else random_resized_crops
+            images = crops(images, hp.crop_size)
         else:
             images = centre_crop(images, hp.crop_size)
         offset = None

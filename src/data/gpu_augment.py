@@ -9,6 +9,7 @@ torchvision's own functions, so a centre crop here equals the per-image path's b
 from collections.abc import Sequence
 
 import torch
+from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as F
 
 
@@ -30,6 +31,29 @@ def random_crops(images: torch.Tensor, crop_size: int) -> torch.Tensor:
     out = images.new_empty((b, c, crop_size, crop_size))
     for i, (top, left, flip) in enumerate(zip(tops, lefts, flips, strict=True)):
         crop = images[i, :, top : top + crop_size, left : left + crop_size]
+        out[i] = crop.flip(-1) if flip else crop
+    return out
+
+
+def random_resized_crops(
+    images: torch.Tensor,
+    crop_size: int,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """``v2.RandomResizedCrop(crop_size)`` + ``v2.RandomHorizontalFlip()`` for each image of
+    ``images`` (B, C, H, W) on its own: the training crop of the seed article's recipe.
+
+    Boxes are drawn by torchvision's own ``get_params`` (the draws v2's transform makes), flips
+    after them, all from the CPU's default generator as in ``random_crops``; each box is resized
+    with antialiasing, as the per-image path resizes it.
+    """
+    b, c = images.shape[:2]
+    boxes = [RandomResizedCrop.get_params(images[0], list(scale), list(ratio)) for _ in range(b)]
+    flips = (torch.rand(b) < 0.5).tolist()
+    out = images.new_empty((b, c, crop_size, crop_size))
+    for i, ((top, left, h, w), flip) in enumerate(zip(boxes, flips, strict=True)):
+        crop = F.resized_crop(images[i], top, left, h, w, [crop_size, crop_size], antialias=True)
         out[i] = crop.flip(-1) if flip else crop
     return out
 

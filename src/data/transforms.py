@@ -13,6 +13,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # 0-255 pixel scale (std is then ignored); mean_image: the paper's own, the training set's mean
 # image subtracted at the 0-255 scale before cropping (mean and std are not used)
 INPUT_SCALES = ("standardised", "raw", "mean_image")
+# random: the paper's crop_size crop of the resize_size square; random_resized: torchvision's
+# RandomResizedCrop of it (scale 0.08-1, ratio 3/4-4/3), as the seed article trained
+TRAIN_CROPS = ("random", "random_resized")
 
 
 class SubtractImage:
@@ -78,15 +81,18 @@ def train_transform(
     mean: Sequence[float],
     std: Sequence[float],
     input_scale: str = "standardised",
+    train_crop: str = "random",
     mean_image: torch.Tensor | None = None,
     colour_noise: ColourNoise | None = None,
 ) -> v2.Compose:
     """Short side to ``resize_size``, centre square, then a random ``crop_size`` crop and a
-    random horizontal flip: the paper's 2048-fold augmentation, and its colour noise if given."""
+    random horizontal flip: the paper's 2048-fold augmentation (``train_crop="random"``), and
+    its colour noise if given."""
+    crop = v2.RandomCrop(crop_size) if train_crop == "random" else v2.RandomResizedCrop(crop_size)
     return v2.Compose(
         [
             *_square(resize_size, input_scale, mean_image),
-            v2.RandomCrop(crop_size),
+            crop,
             v2.RandomHorizontalFlip(),
             *_to_tensor(mean, std, input_scale),
             *([colour_noise] if colour_noise is not None else []),

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from src.callbacks import unnormalise
+from src.data.transforms import eval_transform
 from src.models.classifier import ImageClassifier
 from src.utils.io import write_figure
 
@@ -125,7 +126,9 @@ def figure4(
     ``{"top5": ..., "neighbours": ...}``."""
     data = datamodule.hparams
     datamodule.prepare_data()
-    centre_crop = datamodule.transforms()["val"]
+    centre_crop = eval_transform(
+        data.resize_size, data.crop_size, data.mean, data.std, data.input_scale
+    )
     splits = datamodule.make_datasets(dict.fromkeys(("train", "val", "test"), centre_crop))
     train, val = splits["train"], splits["val"]
     names = model.class_names

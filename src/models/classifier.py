@@ -21,6 +21,9 @@ from src.utils import ConfigError, UserError
 from src.utils.io import load_checkpoint
 
 STAGES = ("train", "val", "test")
+# where the centre crop is among the ten crops of an image (v2.TenCrop: four corners, the centre,
+# then the same of the mirror image)
+CENTRE_CROP = 4
 log = logging.getLogger(__name__)
 
 
@@ -130,6 +133,16 @@ class ImageClassifier(LightningModule):
                 compute_groups=False,
             )
             setattr(self, f"{stage}_metrics", metrics)
+        # Ten-crop testing (section 4.1): logged beside the centre crop's metrics of the same pass.
+        for stage in STAGES[1:]:
+            tencrop = MetricCollection(
+                {
+                    "acc_tencrop": MulticlassAccuracy(n, average="micro"),
+                    "acc_top5_tencrop": MulticlassAccuracy(n, top_k=min(5, n), average="micro"),
+                },
+                compute_groups=False,
+            )
+            setattr(self, f"{stage}_tencrop_metrics", tencrop)
         # saved in checkpoints, so a resumed run's best covers the epochs before the interruption
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)
@@ -156,10 +169,14 @@ class ImageClassifier(LightningModule):
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
         if x.ndim == 5:
-            # Ten crops per image (paper, section 4.1): average the softmax over the crops.
+            # Ten crops per image (paper, section 4.1): the softmax averaged over the crops is
+            # scored apart; the usual metrics stay those of the centre crop, so they do not
+            # change when ten-crop testing is switched on.
             b, n = x.shape[:2]
-            probs = self(self._net_input(x.flatten(0, 1))).softmax(-1).view(b, n, -1).mean(1)
-            logits = probs.clamp_min(1e-12).log()
+            crops = self(self._net_input(x.flatten(0, 1))).view(b, n, -1)
+            probs = crops.detach().softmax(-1).mean(1)
+            getattr(self, f"{stage}_tencrop_metrics").update(probs, y)
+            logits = crops[:, CENTRE_CROP]
         else:
             logits = self(self._net_input(x))
         loss = F.cross_entropy(logits, y)
@@ -174,6 +191,10 @@ class ImageClassifier(LightningModule):
         values = {f"{stage}/{k}": v for k, v in metrics.compute().items()}
         values[f"{stage}/error"] = 1.0 - values[f"{stage}/acc"]
         metrics.reset()
+        tencrop = getattr(self, f"{stage}_tencrop_metrics", None)
+        if tencrop is not None and tencrop["acc_tencrop"].update_count:
+            values |= {f"{stage}/{k}": v for k, v in tencrop.compute().items()}
+            tencrop.reset()
         self.log_dict(values, sync_dist=True)
         return values
 
