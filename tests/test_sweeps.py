@@ -7,7 +7,15 @@ import sqlalchemy
 import yaml
 from omegaconf.errors import ValidationError
 
-from tests.conftest import CONF_DIR, compose, job_dirs, run_cli
+from tests.conftest import (
+    CONF_DIR,
+    compose,
+    imagefolder_overrides,
+    job_dirs,
+    micrograph_overrides,
+    quick_overrides,
+    run_cli,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -74,16 +82,30 @@ def test_optuna_search_continues_from_its_database(tiny_overrides, tmp_path):
     assert all(isinstance(t.value, float) for t in trials)
 
 
-def test_every_experiment_runs_under_fast_dev_run(tiny_overrides, tmp_path):
+def test_every_experiment_runs_under_fast_dev_run(tiny_root, tmp_path):
+    """Offline, on tiny data: the built-in data's experiments on the tiny micrographs, the
+    image-folder ones (data.root=PATH) on the same tree read as any image folder."""
     names = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
-    if not names:
-        pytest.skip("conf/experiment/ holds no experiment yet")
-    result = run_cli(
-        "-m", "experiment=glob(*)", "++trainer.fast_dev_run=true", *tiny_overrides, cwd=tmp_path
-    )
-    out = result.stdout + result.stderr
-    assert sorted(re.findall(r"#\d+ : experiment=(\S+)", out)) == names
-    assert out.count("best val/acc") == len(names)
+    on_folders = [
+        n for n in names
+        if compose("train", [f"experiment={n}"]).hydra.runtime.choices.data == "imagefolder"
+    ]  # fmt: skip
+    on_micrographs = [n for n in names if n not in on_folders]
+    assert on_folders and on_micrographs
+    data = {
+        tuple(on_micrographs): micrograph_overrides(tiny_root),
+        tuple(on_folders): imagefolder_overrides(tiny_root, tmp_path / "cache"),
+    }
+    ran = []
+    for experiments, overrides in data.items():
+        result = run_cli(
+            "-m", f"experiment={','.join(experiments)}", "++trainer.fast_dev_run=true",
+            *overrides, *quick_overrides(tmp_path / "logs"), cwd=tmp_path,
+        )  # fmt: skip
+        out = result.stdout + result.stderr
+        ran += re.findall(r"#\d+ : experiment=(\S+)", out)
+        assert out.count("best val/acc") == len(experiments)
+    assert sorted(ran) == names
 
 
 def test_parallel_launcher_runs_two_jobs_at_once(tiny_overrides, tmp_path):

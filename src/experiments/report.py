@@ -80,6 +80,7 @@ def summarise(
     metric: str = "final val/acc",
     suffixes: dict[str, str] | None = None,
     variant_keys: Sequence[str] | None = None,
+    columns: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Rows per variant: the swept keys' values (or, with ``suffixes``, one row per metric
     variant of every job, e.g. ``{"centre crop": "", "ten crops": "_tencrop"}``)."""
@@ -90,13 +91,19 @@ def summarise(
             groups[label] = (suffix, list(jobs))
     else:
         for job in jobs:
-            label = ", ".join(f"{k}={job.overrides.get(k, job.select(k))}" for k in keys) or "all"
+            # a config group's option by the group's last name: augmentation=none
+            label = ", ".join(
+                f"{k.rsplit('/', 1)[-1]}={job.overrides.get(k, job.select(k))}" for k in keys
+            )
+            label = label or "all"
             groups.setdefault(label, ("", []))[1].append(job)
-    columns = [
-        c
-        for c in COLUMNS
-        if any(COLUMNS[c](j, s) is not None for s, js in groups.values() for j in js)
-    ]
+    if not columns:  # every column some job has a value for
+        columns = [
+            c
+            for c in COLUMNS
+            if any(COLUMNS[c](j, s) is not None for s, js in groups.values() for j in js)
+        ]
+    columns = list(columns)
     rows = []
     for label, (suffix, members) in groups.items():
         members = sorted(members, key=lambda j: (j.seed is None, j.seed))
@@ -174,6 +181,7 @@ def report(
     claim: str | None = None,
     metric: str = "final val/acc",
     suffixes: dict[str, str] | None = None,
+    columns: Sequence[str] | None = None,
     seconds: float | None = None,
 ) -> dict[str, Any]:
     """Read the sweep in ``sweep_dir``, write results.md and results.json there, return the
@@ -183,14 +191,14 @@ def report(
     if not jobs:
         raise FileNotFoundError(f"No job under {sweep_dir} logged TensorBoard events")
     summary = {"title": title, "claim": claim, "sweep_dir": str(sweep_dir)}
-    summary |= summarise(jobs, metric, suffixes)
+    summary |= summarise(jobs, metric, suffixes, columns=columns)
     summary["wall_seconds"] = seconds
     text = [f"# {title}", ""]
     if claim:
         text += [f"The paper: {claim}", ""]
     text += [table(summary), ""]
     if seconds is not None:
-        text += [f"{len(jobs)} jobs in {seconds / 60:.1f} min.", ""]
+        text += [f"Wall time of the sweep: {seconds / 60:.1f} min for {len(jobs)} jobs.", ""]
     atomic_write(sweep_dir / "results.json", json.dumps(summary, indent=2))
     atomic_write(sweep_dir / "results.md", "\n".join(text))
     return summary
@@ -217,9 +225,11 @@ class SweepReport(HydraCallback):
         claim: str | None = None,
         metric: str = "final val/acc",
         suffixes: dict[str, str] | None = None,
+        columns: Sequence[str] | None = None,
     ) -> None:
         self.title, self.claim, self.metric = title, claim, metric
         self.suffixes = dict(suffixes) if suffixes else None
+        self.columns = list(columns) if columns else None
         self.start = time.perf_counter()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -228,7 +238,9 @@ class SweepReport(HydraCallback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         seconds = time.perf_counter() - self.start
-        summary = report(sweep_dir, self.title, self.claim, self.metric, self.suffixes, seconds)
+        summary = report(
+            sweep_dir, self.title, self.claim, self.metric, self.suffixes, self.columns, seconds
+        )
         log_to_sweep(
             sweep_dir,
             "%s\n%s\nresults  %s, %s\ncurves   tensorboard --logdir %s",
