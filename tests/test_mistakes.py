@@ -120,9 +120,9 @@ def test_a_diverged_job_is_recorded_and_the_sweep_and_report_go_on(tiny_override
     )  # fmt: skip
     jobs = {p.name: p for p in (tmp_path / "logs" / "train" / "multiruns").glob("*/*_lr*")}
     diverged = {name for name, job in jobs.items() if (job / "diverged.json").is_file()}
-    assert "relu_lr1000000.0" in diverged
-    record = json.loads((jobs["relu_lr1000000.0"] / "diverged.json").read_text())
+    assert "relu_lr1000000.0_seed0" in diverged
+    record = json.loads((jobs["relu_lr1000000.0_seed0"] / "diverged.json").read_text())
     assert record["epoch"] == 0 and "lower model.optimizer.lr" in record["message"]
-    assert not list(jobs["relu_lr1000000.0"].rglob("*.ckpt"))
+    assert not list(jobs["relu_lr1000000.0_seed0"].rglob("*.ckpt"))
     assert "| all | relu | 1e+06 | diverged in epoch 1 |" in result.stdout
     assert len(jobs) == 2

@@ -122,7 +122,7 @@ def figure1_sweep(tmp_path_factory, tiny_root) -> tuple[Path, str]:
 @pytest.mark.slow
 def test_sweep_writes_both_runs_figure_and_summary(figure1_sweep):
     sweep_dir, stdout = figure1_sweep
-    for name in ("relu_lr0.01", "tanh_lr0.01"):
+    for name in ("relu_lr0.01_seed0", "tanh_lr0.01_seed0"):
         assert list((sweep_dir / name / "tensorboard").glob("events.out.tfevents.*"))
     summary = json.loads((sweep_dir / "results.json").read_text())
     entry = summary["conditions"]["all"]
