@@ -16,7 +16,7 @@ from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from src.data.datamodule import CHANGEABLE_DATA_KEYS, write_class_indices
+from src.data.datamodule import CHANGEABLE_DATA_KEYS, saved_data_settings, write_class_indices
 from src.models.classifier import DivergedError, ImageClassifier, min_input_size
 from src.utils import ConfigError, contradictions, exit_on_user_error, instantiate_all
 from src.utils.io import atomic_write, load_checkpoint
@@ -72,7 +72,7 @@ def check_resume(cfg: DictConfig, classes: list[str]) -> None:
     conflicts += contradictions(
         "data",
         OmegaConf.to_container(cfg.data, resolve=True),
-        checkpoint.get("datamodule_hyper_parameters", {}),
+        saved_data_settings(checkpoint),
         CHANGEABLE_DATA_KEYS,
     )
     conflicts += contradictions("data", {"classes": classes}, {"classes": saved_classes})

@@ -197,3 +197,18 @@ def test_paper_schedule_cuts_the_rate_then_stops(train_config):
     curves = scalars(Path(cfg.paths.output_dir))
     assert len(curves["val/error"]) == 3
     assert curves["lr-SGD"] == pytest.approx([1e-6, 1e-6, 1e-7])
+
+
+def test_a_checkpoint_from_before_a_data_key_existed_resumes_and_evaluates(
+    trained, train_config, tmp_path
+):
+    cfg, _, _ = trained
+    checkpoint = torch.load(
+        Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False
+    )
+    for key in ("pca_noise", "train_crop", "augment_val"):
+        del checkpoint["datamodule_hyper_parameters"][key]
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    evaluate(compose_config("eval", [f"ckpt_path={old}", "trainer.accelerator=cpu"], tmp_path))
+    train(train_config(f"ckpt_path={old}", "trainer.max_epochs=3", "test=false"))

@@ -1,5 +1,6 @@
 """DataModules: any ImageFolder tree, and the built-in synthetic micrographs."""
 
+import inspect
 import json
 import logging
 import math
@@ -500,13 +501,30 @@ class MicrographDataModule(ImageFolderDataModule):
         super().prepare_data()
 
 
+def saved_data_settings(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The data settings a checkpoint was trained with; a key added to the data module since
+    it was written takes its default, which is what the run had before the key existed."""
+    saved = dict(checkpoint.get("datamodule_hyper_parameters", {}))
+    target = checkpoint.get("datamodule_target")
+    if target is None:
+        return saved
+    defaults = {
+        name: parameter.default
+        for kind in reversed(get_class(target).__mro__)
+        if issubclass(kind, LightningDataModule) and kind is not LightningDataModule
+        for name, parameter in inspect.signature(kind.__init__).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    return defaults | saved
+
+
 def datamodule_from_checkpoint(
     checkpoint: dict[str, Any], requested: dict[str, Any]
 ) -> LightningDataModule:
     """The data module a checkpoint was trained with, its preprocessing included, with only
     ``CHANGEABLE_DATA_KEYS`` taken from ``requested`` (the command line); any other requested
     value that differs from the checkpoint is refused, naming the key."""
-    saved = dict(checkpoint["datamodule_hyper_parameters"])
+    saved = saved_data_settings(checkpoint)
     target = checkpoint["datamodule_target"]
     conflicts = contradictions("data", requested, saved, CHANGEABLE_DATA_KEYS)
     if requested.get("_target_") not in (None, target):
