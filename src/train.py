@@ -16,7 +16,12 @@ from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from src.data.datamodule import CHANGEABLE_DATA_KEYS, saved_data_settings, write_class_indices
+from src.data.datamodule import (
+    CHANGEABLE_DATA_KEYS,
+    restore_datamodule,
+    saved_data_settings,
+    write_class_indices,
+)
 from src.models.classifier import DivergedError, ImageClassifier, min_input_size
 from src.utils import ConfigError, contradictions, exit_on_user_error, instantiate_all
 from src.utils.io import atomic_write, load_checkpoint
@@ -62,9 +67,9 @@ def check_input_size(crop_size: int, model: ImageClassifier) -> None:
 TRAINING_KEYS = ("optimizer", "scheduler", "max_lr_drops", "compile", "channels_last")
 
 
-def check_resume(cfg: DictConfig, classes: list[str]) -> None:
+def check_resume(cfg: DictConfig, classes: list[str]) -> dict[str, Any]:
     """A run resumes only the model and data it was trained with: a changed activation or crop
-    size would load the weights into something else without a word."""
+    size would load the weights into something else without a word. Returns the checkpoint."""
     checkpoint = load_checkpoint(cfg.ckpt_path)
     saved_classes = checkpoint["hyper_parameters"]["class_names"]
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
@@ -81,6 +86,7 @@ def check_resume(cfg: DictConfig, classes: list[str]) -> None:
             f"ckpt_path={cfg.ckpt_path} was trained with other settings: {'; '.join(conflicts)}. "
             "Resume with the run's own overrides (its .hydra/overrides.yaml)."
         )
+    return checkpoint
 
 
 def check_launch(trainer: L.Trainer) -> None:
@@ -149,7 +155,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model: ImageClassifier = instantiate(cfg.model, class_names=classes)
     check_input_size(datamodule.hparams.crop_size, model)
     if cfg.get("ckpt_path"):
-        check_resume(cfg, classes)
+        restore_datamodule(datamodule, check_resume(cfg, classes))
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=instantiate_all(cfg.get("callbacks")),

@@ -1,11 +1,13 @@
 """Decode once: every image of a split resized to a square of ``resize_size`` and stored as uint8
 pixels in a numpy memory-mapped file, so training reads slices instead of decoding JPEGs.
 
-The paper did the same (section 2: every image down-sampled to 256 x 256 once). A cache folder
-holds ``images.npy`` (N, 3, S, S), ``labels.npy`` (N,) and ``index.json``; its name carries a
-hash of the source files (relative paths, sizes, modification times), the resize size and the
-format version, so any change of the data builds a new one. It is built in a temporary folder
-and renamed into place, and ``index.json`` is written last: a folder without it is never read.
+The paper did the same (section 2: every image down-sampled to 256 x 256 once). A split is an
+``ImageSet``: a split folder's images, or the file list a flat folder's split gives it. A cache
+folder holds ``images.npy`` (N, 3, S, S), ``labels.npy`` (N,) and ``index.json``; its name
+carries a hash of the source files (relative paths, sizes, modification times), the resize size
+and the format version, so any change of the data builds a new one. It is built in a temporary
+folder and renamed into place, and ``index.json`` is written last: a folder without it is never
+read.
 """
 
 import hashlib
@@ -16,6 +18,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,23 +45,43 @@ def list_images(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, make_dataset(str(split_dir), class_to_idx, extensions=IMG_EXTENSIONS)
 
 
-def cache_key(split_dir: Path, samples: Sequence[tuple[str, int]], resize_size: int) -> str:
+@dataclass(frozen=True)
+class ImageSet:
+    """The images of one split in label order, and the names its cache and statistics files
+    take: a split folder (``root/train``) or a file list under a flat folder of classes."""
+
+    name: str
+    base: Path  # the files are keyed by their paths relative to it
+    classes: list[str]
+    samples: list[tuple[str, int]]
+
+    @classmethod
+    def of_folder(cls, split_dir: str | Path) -> "ImageSet":
+        split_dir = Path(split_dir)
+        classes, samples = list_images(split_dir)
+        return cls(f"{split_dir.parent.name}-{split_dir.name}", split_dir, classes, samples)
+
+
+def as_image_set(source: str | Path | ImageSet) -> ImageSet:
+    return source if isinstance(source, ImageSet) else ImageSet.of_folder(source)
+
+
+def cache_key(images: ImageSet, resize_size: int) -> str:
     """Changes whenever a file is added, removed, renamed, resized or touched, or the size or
     the format changes."""
     digest = hashlib.sha256(f"v{CACHE_VERSION} {resize_size}\n".encode())
-    for path, _ in sorted(samples):
+    for path, _ in sorted(images.samples):
         stat = os.stat(path)
-        relative = Path(path).relative_to(split_dir).as_posix()
+        relative = Path(path).relative_to(images.base).as_posix()
         digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
-def cache_folder(split_dir: str | Path, cache_dir: str | Path, resize_size: int) -> Path:
-    """Where the cache of ``split_dir`` at ``resize_size`` lives, built or not."""
-    split_dir = Path(split_dir)
-    _, samples = list_images(split_dir)
-    key = cache_key(split_dir, samples, resize_size)
-    return Path(cache_dir) / f"{split_dir.parent.name}-{split_dir.name}-{resize_size}px-{key}"
+def cache_folder(source: str | Path | ImageSet, cache_dir: str | Path, resize_size: int) -> Path:
+    """Where the cache of a split folder or image set at ``resize_size`` lives, built or not."""
+    images = as_image_set(source)
+    key = cache_key(images, resize_size)
+    return Path(cache_dir) / f"{images.name}-{resize_size}px-{key}"
 
 
 def square_pixels(path: str | Path, resize_size: int) -> np.ndarray:
@@ -78,8 +101,8 @@ def _decoded(path: str, resize_size: int) -> tuple[np.ndarray | None, str | None
         return None, f"{type(err).__name__}: {err}"
 
 
-def _write(split_dir: Path, folder: Path, resize_size: int, verdicts_file: Path) -> dict[str, Any]:
-    classes, samples = list_images(split_dir)
+def _write(source: ImageSet, folder: Path, resize_size: int, verdicts_file: Path) -> dict[str, Any]:
+    classes, samples = source.classes, source.samples
     shape = (len(samples), 3, resize_size, resize_size)
     images = np.lib.format.open_memmap(folder / "images.npy", "w+", np.uint8, shape)
     paths = [path for path, _ in samples]
@@ -109,12 +132,12 @@ def _write(split_dir: Path, folder: Path, resize_size: int, verdicts_file: Path)
 
 
 def ensure_cache(
-    split_dir: str | Path, cache_dir: str | Path, resize_size: int, verdicts_file: Path
+    source: str | Path | ImageSet, cache_dir: str | Path, resize_size: int, verdicts_file: Path
 ) -> Path:
-    """The cache folder of ``split_dir``, built first if it does not exist yet; what the build
-    finds about each file goes into ``verdicts_file`` (see ``src.data.images``)."""
-    split_dir = Path(split_dir)
-    folder = cache_folder(split_dir, cache_dir, resize_size)
+    """The cache folder of a split folder or image set, built first if it does not exist yet;
+    what the build finds about each file goes into ``verdicts_file`` (see ``src.data.images``)."""
+    images = as_image_set(source)
+    folder = cache_folder(images, cache_dir, resize_size)
     if (folder / INDEX).is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -123,8 +146,8 @@ def ensure_cache(
     tmp.mkdir()
     start = time.perf_counter()
     try:
-        index = _write(split_dir, tmp, resize_size, verdicts_file)
-        index |= {"version": CACHE_VERSION, "source": str(split_dir.resolve())}
+        index = _write(images, tmp, resize_size, verdicts_file)
+        index |= {"version": CACHE_VERSION, "source": str(images.base.resolve())}
         index["build_seconds"] = round(time.perf_counter() - start, 2)
         (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
         try:
@@ -138,7 +161,7 @@ def ensure_cache(
     size = sum(f.stat().st_size for f in folder.iterdir())
     log.info(
         "Cached %d images of %s in %.1f s: %.1f MB in %s",
-        index["count"], split_dir, index["build_seconds"], size / 1e6, folder,
+        index["count"], images.name, index["build_seconds"], size / 1e6, folder,
     )  # fmt: skip
     return folder
 

@@ -1,4 +1,5 @@
-"""DataModules: any ImageFolder tree, and the built-in synthetic micrographs."""
+"""DataModules: any folder of class folders, split by hand or not, and the built-in synthetic
+micrographs."""
 
 import inspect
 import json
@@ -11,12 +12,12 @@ import torch
 from hydra.utils import get_class
 from lightning import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
-from src.data.cache import CachedImages, as_batch, cache_folder, ensure_cache
+from src.data.cache import CachedImages, ImageSet, as_batch, cache_folder, ensure_cache
 from src.data.gpu_augment import (
     centre_crop,
     normalise,
@@ -24,8 +25,15 @@ from src.data.gpu_augment import (
     random_resized_crops,
     ten_crops,
 )
-from src.data.images import find_bad_images, load_rgb, verdict_cache_file
+from src.data.images import find_bad_images, load_rgb, root_record
 from src.data.micrographs import CLASSES, ensure_micrographs
+from src.data.splits import (
+    SPLITS,
+    check_unchanged,
+    flat_image_sets,
+    make_split,
+    note_new_split,
+)
 from src.data.statistics import KEYS, pca_offsets, pixel_mean_image, training_statistics
 from src.data.transforms import (
     IMAGENET_MEAN,
@@ -87,6 +95,17 @@ def check_data_config(hp: Any) -> None:
         raise ConfigError(f"data.train_crop={hp.train_crop!r} is not one of {list(TRAIN_CROPS)}")
     if not isinstance(hp.augment_val, bool):
         raise ConfigError(f"data.augment_val={hp.augment_val!r} must be true or false")
+    fractions = (hp.val_fraction, hp.test_fraction)
+    if any(isinstance(f, bool) or not isinstance(f, int | float) for f in fractions) or not (
+        hp.val_fraction > 0 and hp.test_fraction >= 0 and sum(fractions) < 1
+    ):
+        raise ConfigError(
+            f"data.val_fraction={hp.val_fraction!r} and data.test_fraction={hp.test_fraction!r} "
+            "are the shares of each class a flat folder holds out of training: val above 0, "
+            "test 0 or more (0: testing uses val), together below 1"
+        )
+    if not isinstance(hp.split_seed, int) or isinstance(hp.split_seed, bool):
+        raise ConfigError(f"data.split_seed={hp.split_seed!r} must be a whole number")
     if hp.backend not in BACKENDS:
         raise ConfigError(f"data.backend={hp.backend!r} is not one of {list(BACKENDS)}")
     if not hp.cache_dir:
@@ -100,17 +119,33 @@ def class_folders(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def is_flat(root: Path) -> bool:
+    """A folder of class folders, split by the data module; train/, val/ or test/ in it mark a
+    tree split by hand."""
+    return not any((root / split).is_dir() for split in SPLITS)
+
+
 def check_image_folder(root: str | Path) -> list[str]:
-    """Validate ``root/{train,val[,test]}/<class>/<images>`` and return the class names, with an
-    error that says what to change for each way a tree can be wrong."""
+    """Validate ``root/<class>/<images>`` or ``root/{train,val[,test]}/<class>/<images>`` and
+    return the class names, with an error that says what to change for each way a tree can be
+    wrong."""
     root = Path(root)
     if not root.is_dir():
         raise MissingFileError(
-            f"Data root '{root}' does not exist. Point data.root at a folder holding train/ and "
-            "val/ sub-folders with one folder of images per class, or use the built-in data set "
-            "with data=micrographs."
+            f"Data root '{root}' does not exist. Point data.root at a folder with one folder of "
+            "images per class (or with train/ and val/ sub-folders that each hold them), or use "
+            "the built-in data set with data=micrographs."
         )
-    splits = [s for s in ("train", "val", "test") if (root / s).is_dir()]
+    if is_flat(root):
+        classes = class_folders(root)
+        if not classes:
+            raise MissingFileError(
+                f"Data root '{root}' has no class folders: it needs one folder of images per "
+                "class, or train/ and val/ (and optionally test/) sub-folders that each hold them."
+            )
+        check_has_images([root / name for name in classes], "")
+        return classes
+    splits = [s for s in SPLITS if (root / s).is_dir()]
     missing = {"train", "val"} - set(splits)
     if missing:
         raise MissingFileError(
@@ -130,15 +165,17 @@ def check_image_folder(root: str | Path) -> list[str]:
                 f"only in train: {only_train}; only in {split}: {only_other}. "
                 "Every split needs the same class folders."
             )
-    for split in splits:
-        for name in classes:
-            folder = root / split / name
-            if not any(p.suffix.lower() in IMG_EXTENSIONS for p in folder.iterdir()):
-                raise MissingFileError(
-                    f"Class folder '{folder}' has no images ({', '.join(IMG_EXTENSIONS)}). "
-                    "Add images or remove the folder from every split."
-                )
+    check_has_images([root / split / name for split in splits for name in classes], "every split")
     return classes
+
+
+def check_has_images(folders: list[Path], where: str) -> None:
+    for folder in folders:
+        if not any(p.suffix.lower() in IMG_EXTENSIONS for p in folder.iterdir()):
+            raise MissingFileError(
+                f"Class folder '{folder}' has no images ({', '.join(IMG_EXTENSIONS)}). "
+                f"Add images or remove the folder{' from ' * bool(where)}{where}."
+            )
 
 
 def write_class_indices(classes: list[str], path: str | Path) -> Path:
@@ -156,8 +193,29 @@ def image_files(split_dir: Path, classes: list[str]) -> list[Path]:
     ]
 
 
+class ImageFiles(Dataset):
+    """ImageFolder over an ImageSet (a split folder's images or a flat folder's file list),
+    without the files in ``skip``."""
+
+    def __init__(self, images: ImageSet, transform: v2.Compose, skip: set[str]) -> None:
+        self.root = str(images.base)
+        self.classes = images.classes
+        self.samples = [(path, label) for path, label in images.samples if path not in skip]
+        self.targets = [label for _, label in self.samples]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        path, label = self.samples[i]
+        return self.transform(load_rgb(path)), label
+
+
 class ImageFolderDataModule(LightningDataModule):
-    """Train/val/test loaders over ``root/{train,val,test}``; test falls back to val.
+    """Train/val/test loaders over ``root/{train,val,test}``, or over a split of a flat folder of
+    class folders (``val_fraction`` and ``test_fraction`` of each class, shuffled by
+    ``split_seed``); test falls back to val.
 
     ``batch_size`` is the global batch: each of the trainer's devices gets an equal share, as the
     paper's batch of 128 was split over its two GPUs.
@@ -187,6 +245,9 @@ class ImageFolderDataModule(LightningDataModule):
         cache_dir: str = "data/cache",
         skip_bad_images: bool = False,
         pca_noise: float = 0.0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -208,6 +269,10 @@ class ImageFolderDataModule(LightningDataModule):
         # them; checkpoints carry them (state_dict), so evaluation never measures other data.
         self.statistics: dict[str, torch.Tensor] | None = None
         self._device_mean_image: torch.Tensor | None = None
+        # A flat folder's split, relative paths per split: made by a new run, carried by its
+        # checkpoints (state_dict), so evaluation and resuming read the very same files.
+        self.split: dict[str, list[str]] | None = None
+        self.split_origin = "at the start of this run"
 
     @property
     def classes(self) -> list[str]:
@@ -225,16 +290,38 @@ class ImageFolderDataModule(LightningDataModule):
         test = "test" if (self.root / "test").is_dir() else "val"
         return {"train": self.root / "train", "val": self.root / "val", "test": self.root / test}
 
+    def split_images(self) -> dict[str, ImageSet]:
+        """The images each stage reads, in either layout: test falls back to val."""
+        classes = check_image_folder(self.root)
+        if is_flat(self.root):
+            return flat_image_sets(self.root, classes, self.flat_split(classes))
+        folders = self.split_folders()
+        listed = {folder: ImageSet.of_folder(folder) for folder in set(folders.values())}
+        return {split: listed[folder] for split, folder in folders.items()}
+
+    def flat_split(self, classes: list[str]) -> dict[str, list[str]]:
+        """The split already made (by a checkpoint's run or earlier in this one), which the
+        folder must still match, or a new one."""
+        files = [p.relative_to(self.root).as_posix() for p in image_files(self.root, classes)]
+        if self.split is not None:
+            check_unchanged(self.root, self.split, files, self.split_origin)
+            return self.split
+        hp = self.hparams
+        self.split = make_split(self.root, files, hp.val_fraction, hp.test_fraction, hp.split_seed)
+        if rank_zero_only.rank == 0:
+            record = root_record(hp.cache_dir, self.root, "splits")
+            note_new_split(self.root, self.split, record, hp.split_seed)
+        return self.split
+
     def verdicts_file(self) -> Path:
-        return verdict_cache_file(self.hparams.cache_dir, self.root)
+        return root_record(self.hparams.cache_dir, self.root, "verified")
 
     def find_bad_images(self) -> dict[Path, str]:
         """Decode every file of every split before the first step (verdicts cached under
         ``cache_dir``); stop with the full list of broken files, or with ``skip_bad_images``
         drop them and say how many."""
-        classes = check_image_folder(self.root)
-        folders = sorted(set(self.split_folders().values()))
-        files = [p for folder in folders for p in image_files(folder, classes)]
+        images = self.split_images().values()
+        files = list(dict.fromkeys(Path(path) for split in images for path, _ in split.samples))
         bad = find_bad_images(files, self.verdicts_file())
         if bad and not self.hparams.skip_bad_images:
             listing = "\n".join(f"  {path}: {problem}" for path, problem in bad.items())
@@ -252,15 +339,14 @@ class ImageFolderDataModule(LightningDataModule):
         return bad
 
     def prepare_cache(self) -> None:
-        """Build the decode-once cache of every split folder that lacks one. Lightning runs
+        """Build the decode-once cache of every split that lacks one. Lightning runs
         prepare_data in one process per node while the others wait, so one process builds it."""
         if self.hparams.backend != "cache":
             return
-        check_image_folder(self.root)
-        for folder in sorted(set(self.split_folders().values())):
-            ensure_cache(
-                folder, self.hparams.cache_dir, self.hparams.resize_size, self.verdicts_file()
-            )
+        hp = self.hparams
+        unique = {images.name: images for images in self.split_images().values()}
+        for images in unique.values():
+            ensure_cache(images, hp.cache_dir, hp.resize_size, self.verdicts_file())
 
     @property
     def needs_statistics(self) -> bool:
@@ -273,17 +359,16 @@ class ImageFolderDataModule(LightningDataModule):
             return
         unreadable = {str(p) for p in self.find_bad_images()}
         hp = self.hparams
-        train = self.split_folders()["train"]
+        train = self.split_images()["train"]
         self.statistics = training_statistics(train, hp.cache_dir, hp.resize_size, unreadable)
 
     def make_cached_datasets(self) -> dict[str, Dataset]:
         self.find_bad_images()
         hp = self.hparams
-        datasets = {
-            split: CachedImages(cache_folder(folder, hp.cache_dir, hp.resize_size))
-            for split, folder in self.split_folders().items()
+        return {
+            split: CachedImages(cache_folder(images, hp.cache_dir, hp.resize_size))
+            for split, images in self.split_images().items()
         }
-        return datasets
 
     def per_device_batch_size(self) -> int:
         world = self.trainer.world_size if self.trainer is not None else 1
@@ -324,17 +409,10 @@ class ImageFolderDataModule(LightningDataModule):
 
     def make_datasets(self, transforms: dict[str, v2.Compose]) -> dict[str, Dataset]:
         bad = {str(p) for p in self.find_bad_images()}
-
-        def readable(path: str) -> bool:
-            return path.lower().endswith(IMG_EXTENSIONS) and path not in bad
-
-        datasets = {
-            split: ImageFolder(
-                str(folder), transform=transforms[split], loader=load_rgb, is_valid_file=readable
-            )
-            for split, folder in self.split_folders().items()
+        return {
+            split: ImageFiles(images, transforms[split], bad)
+            for split, images in self.split_images().items()
         }
-        return datasets
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_generator is None:
@@ -357,9 +435,13 @@ class ImageFolderDataModule(LightningDataModule):
         if trainer is None or trainer.is_global_zero:
             sizes = ", ".join(f"{len(d):,} {split}" for split, d in self.datasets.items())
             log.info("data: %s images from %s (backend %s)", sizes, self.root, self.hparams.backend)
-        if self.bad_images and trainer is not None and trainer.is_global_zero:
+        if trainer is None or not trainer.is_global_zero:
+            return
+        if self.bad_images:
             listing = "".join(f"{path}\t{problem}\n" for path, problem in self.bad_images.items())
             atomic_write(Path(trainer.default_root_dir) / "bad_images.txt", listing)
+        if self.split is not None:
+            atomic_write(Path(trainer.default_root_dir) / "split.json", json.dumps(self.split))
 
     def _loader(self, split: str, **kwargs: Any) -> DataLoader:
         hp = self.hparams
@@ -380,6 +462,8 @@ class ImageFolderDataModule(LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         state = {"train_generator": self.train_generator.get_state()}
+        if self.split is not None:
+            state["split"] = self.split
         return state | (self.statistics or {})
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -393,6 +477,9 @@ class ImageFolderDataModule(LightningDataModule):
             self.statistics = {k: state_dict[k] for k in KEYS}
             self._device_mean_image = None
             log.info("Pixel statistics taken from the checkpoint")
+        if "split" in state_dict:
+            self.split = {name: list(paths) for name, paths in state_dict["split"].items()}
+            self.split_origin = "in the checkpoint"
 
     def _eval_loader(self, split: str) -> DataLoader:
         """Each process evaluates its own share of the split and every image exactly once: the
@@ -537,13 +624,20 @@ def datamodule_from_checkpoint(
         )
     saved |= {k: v for k, v in requested.items() if k in CHANGEABLE_DATA_KEYS and v is not None}
     datamodule = get_class(target)(**saved)
-    state = datamodule_state(checkpoint)
-    if state:
-        datamodule.load_state_dict(state)
+    restore_datamodule(datamodule, checkpoint)
     return datamodule
 
 
 def datamodule_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The data module's ``state_dict`` in a checkpoint (Lightning files it under the class
-    name): the training generator and, where used, the training statistics."""
+    name): the training generator and, where used, the training statistics and a flat folder's
+    split."""
     return checkpoint.get(checkpoint["datamodule_target"].rsplit(".", 1)[-1], {})
+
+
+def restore_datamodule(datamodule: LightningDataModule, checkpoint: dict[str, Any]) -> None:
+    """The checkpoint's data state, before prepare_data and setup: they read its split (a
+    resumed fit restores the state only after setup)."""
+    state = datamodule_state(checkpoint)
+    if state:
+        datamodule.load_state_dict(state)

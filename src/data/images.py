@@ -89,8 +89,9 @@ def find_bad_images(paths: Sequence[Path], cache_file: Path) -> dict[Path, str]:
     return {p: cached[str(p)][2] for p in paths if cached[str(p)][2] is not None}
 
 
-def verdict_cache_file(cache_dir: str | Path, root: str | Path) -> Path:
-    """Where the verdicts on the files under ``root`` are kept: in the cache folder, named by the
-    root's absolute path, never inside the user's data."""
+def root_record(cache_dir: str | Path, root: str | Path, kind: str) -> Path:
+    """Where what is known about the files under ``root`` is kept (``verified``: the verdicts on
+    them; ``splits``: the last split of a flat folder): in the cache folder, named by the root's
+    absolute path, never inside the user's data."""
     key = hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:16]
-    return Path(cache_dir) / "verified" / f"{Path(root).name}-{key}.json"
+    return Path(cache_dir) / kind / f"{Path(root).name}-{key}.json"

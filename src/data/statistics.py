@@ -1,6 +1,6 @@
 """Training-set pixel statistics for the paper's mean image (section 2) and PCA colour noise
-(section 4.1), from a seeded sample of the training split, computed once per data set and resize
-size and kept as an .npz under ``cache_dir``.
+(section 4.1), from a seeded sample of the training split (a folder or a flat folder's file
+list), computed once per data set and resize size and kept as an .npz under ``cache_dir``.
 
 Both input paths see the same pixels: the squares of ``square_pixels``, read from the decode-once
 cache where it was built (identical pixels, no second decode).
@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.data.cache import INDEX, cache_folder, cache_key, list_images, square_pixels
+from src.data.cache import (
+    INDEX,
+    ImageSet,
+    as_image_set,
+    cache_folder,
+    cache_key,
+    square_pixels,
+)
 from src.utils import usable_cpus
 from src.utils.io import atomic_write
 
@@ -58,47 +65,44 @@ def pixel_statistics(chunks: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
     return {"mean_image": image_sum / images, "eigvals": eigvals, "eigvecs": eigvecs}
 
 
-def statistics_file(
-    train_dir: Path, samples: list[tuple[str, int]], cache_dir: str | Path, resize_size: int
-) -> Path:
-    key = cache_key(train_dir, samples, resize_size)
-    name = f"{train_dir.parent.name}-{train_dir.name}-{resize_size}px-{key}-v{STATISTICS_VERSION}"
+def statistics_file(train: ImageSet, cache_dir: str | Path, resize_size: int) -> Path:
+    key = cache_key(train, resize_size)
+    name = f"{train.name}-{resize_size}px-{key}-v{STATISTICS_VERSION}"
     return Path(cache_dir) / "statistics" / f"{name}.npz"
 
 
 def _chunks(
-    train_dir: Path, paths: list[str], rows: list[int], cache_dir: str | Path, resize_size: int
+    train: ImageSet, rows: list[int], cache_dir: str | Path, resize_size: int
 ) -> Iterator[np.ndarray]:
-    folder = cache_folder(train_dir, cache_dir, resize_size)
+    folder = cache_folder(train, cache_dir, resize_size)
     if (folder / INDEX).is_file():
         log.info("Pixel statistics from %d cached images of %s", len(rows), folder)
         images = np.load(folder / "images.npy", mmap_mode="r")
         for start in range(0, len(rows), CHUNK):
             yield np.asarray(images[rows[start : start + CHUNK]])
         return
-    log.info("Pixel statistics from %d images of %s (decoding each)", len(rows), train_dir)
+    log.info("Pixel statistics from %d images of %s (decoding each)", len(rows), train.name)
     with ThreadPoolExecutor(max_workers=min(usable_cpus(), 16)) as pool:
         for start in range(0, len(rows), CHUNK):
-            chunk = [paths[row] for row in rows[start : start + CHUNK]]
+            chunk = [train.samples[row][0] for row in rows[start : start + CHUNK]]
             yield np.stack(list(pool.map(square_pixels, chunk, [resize_size] * len(chunk))))
 
 
 def training_statistics(
-    train_dir: str | Path, cache_dir: str | Path, resize_size: int, unreadable: set[str]
+    source: str | Path | ImageSet, cache_dir: str | Path, resize_size: int, unreadable: set[str]
 ) -> dict[str, torch.Tensor]:
-    """The statistics of ``train_dir`` at ``resize_size``: loaded from ``cache_dir`` when this
-    exact data set (file names, sizes, times) was measured before, else computed and saved."""
-    train_dir = Path(train_dir)
-    _, samples = list_images(train_dir)
-    path = statistics_file(train_dir, samples, cache_dir, resize_size)
+    """The statistics of the training folder or image set at ``resize_size``: loaded from
+    ``cache_dir`` when this exact data set (file names, sizes, times) was measured before, else
+    computed and saved."""
+    train = as_image_set(source)
+    path = statistics_file(train, cache_dir, resize_size)
     if path.is_file():
         with np.load(path, allow_pickle=False) as saved:
             stats = {k: saved[k] for k in KEYS}
         log.info("Pixel statistics loaded from %s", path)
     else:
-        rows = sample_rows(samples, unreadable)
-        paths = [p for p, _ in samples]
-        stats = pixel_statistics(_chunks(train_dir, paths, rows, cache_dir, resize_size))
+        rows = sample_rows(train.samples, unreadable)
+        stats = pixel_statistics(_chunks(train, rows, cache_dir, resize_size))
         buffer = io.BytesIO()
         np.savez(buffer, **stats)
         atomic_write(path, buffer.getvalue())
