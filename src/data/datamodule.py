@@ -441,7 +441,8 @@ class ImageFolderDataModule(LightningDataModule):
             listing = "".join(f"{path}\t{problem}\n" for path, problem in self.bad_images.items())
             atomic_write(Path(trainer.default_root_dir) / "bad_images.txt", listing)
         if self.split is not None:
-            atomic_write(Path(trainer.default_root_dir) / "split.json", json.dumps(self.split))
+            split_file = Path(trainer.default_root_dir) / "split.json"
+            atomic_write(split_file, json.dumps(self.split, indent=1))
 
     def _loader(self, split: str, **kwargs: Any) -> DataLoader:
         hp = self.hparams

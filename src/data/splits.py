@@ -103,7 +103,11 @@ def note_new_split(root: Path, split: dict[str, list[str]], record: Path, seed: 
     """Say in the log that this run split the folder, and how its files changed since the last
     split (kept in ``record``): val and test metrics of runs on other files do not compare."""
     counts = ", ".join(f"{len(split[name]):,} {name}" for name in SPLITS)
-    log.info("data: split the class folders of %s by data.split_seed=%d: %s", root, seed, counts)
+    log.info(
+        "data: split the class folders of %s by data.split_seed=%d: %s (file lists in the run "
+        "folder's split.json and in its checkpoints)",
+        root, seed, counts,
+    )  # fmt: skip
     try:
         last = json.loads(record.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
