@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from src.data import datamodule as datamodule_module
-from src.data.datamodule import ImageFolderDataModule, datamodule_state
+from src.data.datamodule import BadImagesError, ImageFolderDataModule, datamodule_state
 from src.data.splits import SHOWN, SplitChangedError, check_unchanged, make_split
 from src.eval import evaluate
 from src.train import train
@@ -60,6 +60,21 @@ def test_too_small_classes_are_named_with_their_counts(flat_root, tmp_path):
     assert "needs at least 3" in str(err.value) and "data.test_fraction=0" in str(err.value)
     with pytest.raises(ValueError, match=r"train and val: '8.0' \(1 image\)\. .* at least 2"):
         make_split(flat_root, files({"8.0": 1, "9.0": 3}), 0.1, 0, seed=0)
+
+
+@pytest.mark.parametrize("backend", ["pil", "cache"])
+def test_unreadable_files_of_a_flat_folder_are_listed_or_skipped(backend, flat_root, tmp_path):
+    broken = flat_root / "8.0" / "broken.jpg"
+    broken.write_bytes(b"not a picture")
+    options = {"resize_size": 72, "crop_size": 64, "num_workers": 0, "backend": backend}
+    options["cache_dir"] = str(tmp_path / "cache")
+    with pytest.raises(BadImagesError, match=f"1 of 57 files .*\n  {broken}: "):
+        ImageFolderDataModule(str(flat_root), **options).prepare_data()
+    dm = ImageFolderDataModule(str(flat_root), skip_bad_images=True, **options)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert "8.0/broken.jpg" in sum(dm.split.values(), [])  # in the split, never read
+    assert sum(len(d) for d in dm.datasets.values()) == 56
 
 
 def test_a_change_is_listed_trimmed_with_counts(tmp_path):

@@ -143,7 +143,7 @@ def check_image_folder(root: str | Path) -> list[str]:
                 f"Data root '{root}' has no class folders: it needs one folder of images per "
                 "class, or train/ and val/ (and optionally test/) sub-folders that each hold them."
             )
-        check_has_images([root / name for name in classes], "")
+        check_has_images([root / name for name in classes])
         return classes
     splits = [s for s in SPLITS if (root / s).is_dir()]
     missing = {"train", "val"} - set(splits)
@@ -165,16 +165,17 @@ def check_image_folder(root: str | Path) -> list[str]:
                 f"only in train: {only_train}; only in {split}: {only_other}. "
                 "Every split needs the same class folders."
             )
-    check_has_images([root / split / name for split in splits for name in classes], "every split")
+    folders = [root / split / name for split in splits for name in classes]
+    check_has_images(folders, " from every split")
     return classes
 
 
-def check_has_images(folders: list[Path], where: str) -> None:
+def check_has_images(folders: list[Path], where: str = "") -> None:
     for folder in folders:
         if not any(p.suffix.lower() in IMG_EXTENSIONS for p in folder.iterdir()):
             raise MissingFileError(
                 f"Class folder '{folder}' has no images ({', '.join(IMG_EXTENSIONS)}). "
-                f"Add images or remove the folder{' from ' * bool(where)}{where}."
+                f"Add images or remove the folder{where}."
             )
 
 
@@ -201,7 +202,6 @@ class ImageFiles(Dataset):
         self.root = str(images.base)
         self.classes = images.classes
         self.samples = [(path, label) for path, label in images.samples if path not in skip]
-        self.targets = [label for _, label in self.samples]
         self.transform = transform
 
     def __len__(self) -> int:
