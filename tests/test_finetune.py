@@ -21,7 +21,7 @@ from src.models.pretrained import (
     read_torchvision_state_dict,
 )
 from src.predict import predict
-from src.train import train
+from src.train import check_resume, train
 from src.utils import ConfigError, UserError
 from tests.conftest import ROOT, compose, compose_config, imagefolder_overrides, scalars
 
@@ -201,6 +201,14 @@ def test_finetune_trains_resumes_and_predicts_without_the_file(
     # freeze decides the optimizer's groups, which the checkpoint restores: it may not change
     with pytest.raises(ConfigError, match=r"model.freeze=\[\]"):
         train(train_config(*overrides, f"ckpt_path={ckpt}", "model.freeze=[]", data=data))
+    # a checkpoint from before these keys existed was trained with none: unset, empty or null
+    saved = torch.load(ckpt, weights_only=True)
+    old = {k: saved[k] for k in ("hyper_parameters", "datamodule_hyper_parameters")}
+    for key in ("pretrained", "freeze", "lr_mult"):
+        del old["hyper_parameters"][key]
+    torch.save(old, tmp_path / "old.ckpt")
+    none = ["model.freeze=[]", "model.lr_mult=null", f"ckpt_path={tmp_path / 'old.ckpt'}"]
+    check_resume(train_config(*overrides, *none, data=data), trained.class_names)
 
 
 def test_readme_states_the_finetune_recipe():
