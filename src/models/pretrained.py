@@ -15,6 +15,7 @@ from urllib.error import URLError
 
 import torch
 from torch import nn
+from torchvision.models import AlexNet_Weights
 
 from src.models.alexnet import AlexNet
 from src.utils import ConfigError, UserError
@@ -82,8 +83,6 @@ def check_torchvision_layout(arch: str, arch_kwargs: Mapping[str, Any]) -> None:
 
 def imagenet_file() -> Path:
     """Where torchvision keeps the ImageNet weights: torch hub's checkpoints folder."""
-    from torchvision.models import AlexNet_Weights
-
     url = AlexNet_Weights.IMAGENET1K_V1.url
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
@@ -93,8 +92,6 @@ def download_imagenet() -> Path:
 
     A machine without internet fails within seconds with what to do instead.
     """
-    from torchvision.models import AlexNet_Weights
-
     path = imagenet_file()
     if path.is_file():
         return path
