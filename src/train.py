@@ -63,8 +63,22 @@ def check_input_size(crop_size: int, model: ImageClassifier) -> None:
 
 
 # How a network is trained or run, not what it is: a resumed run may change them (a checkpoint
-# trained on a GPU, with compile and channels-last, resumes on a CPU without them).
-TRAINING_KEYS = ("optimizer", "scheduler", "max_lr_drops", "compile", "channels_last")
+# trained on a GPU, with compile and channels-last, resumes on a CPU without them). pretrained is
+# read only when a run starts from scratch: a resumed run takes the checkpoint's weights, so the
+# file may have moved or gone. Not freeze and lr_mult: they decide the optimizer's parameter
+# groups, whose momentum and (plateau-cut) rates the checkpoint restores group by group.
+TRAINING_KEYS = (
+    "optimizer", "scheduler", "max_lr_drops", "compile", "channels_last", "pretrained",
+)  # fmt: skip
+
+
+def with_finetune_defaults(model: dict[str, Any]) -> dict[str, Any]:
+    """freeze and lr_mult as a list and a mapping, so that unset (null), empty and absent (a
+    checkpoint written before they existed) compare equal, and a forgotten one does not."""
+    return model | {
+        "freeze": list(model.get("freeze") or []),
+        "lr_mult": dict(model.get("lr_mult") or {}),
+    }
 
 
 def check_resume(cfg: DictConfig, classes: list[str]) -> dict[str, Any]:
@@ -72,8 +86,9 @@ def check_resume(cfg: DictConfig, classes: list[str]) -> dict[str, Any]:
     size would load the weights into something else without a word. Returns the checkpoint."""
     checkpoint = load_checkpoint(cfg.ckpt_path)
     saved_classes = checkpoint["hyper_parameters"]["class_names"]
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    conflicts = contradictions("model", model_cfg, checkpoint["hyper_parameters"], TRAINING_KEYS)
+    model_cfg = with_finetune_defaults(OmegaConf.to_container(cfg.model, resolve=True))
+    saved = with_finetune_defaults(checkpoint["hyper_parameters"])
+    conflicts = contradictions("model", model_cfg, saved, TRAINING_KEYS)
     conflicts += contradictions(
         "data",
         OmegaConf.to_container(cfg.data, resolve=True),
@@ -167,6 +182,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         write_class_indices(classes, output_dir / "class_indices.json")
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    if not cfg.get("ckpt_path"):
+        model.load_pretrained()
 
     if cfg.get("train"):
         try:

@@ -4,6 +4,8 @@ import re
 
 import pytest
 import sqlalchemy
+import torch
+import torchvision
 import yaml
 from omegaconf.errors import ValidationError
 
@@ -84,17 +86,23 @@ def test_optuna_search_continues_from_its_database(tiny_overrides, tmp_path):
 
 def test_every_experiment_runs_under_fast_dev_run(tiny_root, tmp_path):
     """Offline, on tiny data: the built-in data's experiments on the tiny micrographs, the
-    image-folder ones (data.root=PATH) on the same tree read as any image folder."""
+    image-folder ones (data.root=PATH) on the same tree read as any image folder; fine-tuning
+    from a torchvision AlexNet file made here (ImageNet's cannot be downloaded offline)."""
     names = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
     on_folders = [
         n for n in names
         if compose("train", [f"experiment={n}"]).hydra.runtime.choices.data == "imagefolder"
     ]  # fmt: skip
     on_micrographs = [n for n in names if n not in on_folders]
-    assert on_folders and on_micrographs
+    assert "finetune" in on_folders and on_micrographs
+    on_folders.remove("finetune")
+    weights = tmp_path / "alexnet-torchvision.pth"
+    torch.save(torchvision.models.alexnet().state_dict(), weights)
+    folders = imagefolder_overrides(tiny_root, tmp_path / "cache")
     data = {
         tuple(on_micrographs): micrograph_overrides(tiny_root),
-        tuple(on_folders): imagefolder_overrides(tiny_root, tmp_path / "cache"),
+        tuple(on_folders): folders,
+        ("finetune",): [*folders, f"model.pretrained={weights}"],
     }
     ran = []
     for experiments, overrides in data.items():

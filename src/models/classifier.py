@@ -3,7 +3,7 @@
 import logging
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,11 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from src.models.pretrained import (
+    check_torchvision_layout,
+    load_torchvision_alexnet,
+    read_torchvision_state_dict,
+)
 from src.utils import ConfigError, UserError
 from src.utils.io import load_checkpoint
 
@@ -42,6 +47,49 @@ def check_optimizer(optimizer: Callable[..., torch.optim.Optimizer] | None) -> N
         if isinstance(value, bool) or not math.isfinite(value) or not low_ok:
             bound = "above 0" if key == "lr" else "0 or more"
             raise ConfigError(f"model.optimizer.{key}={value!r} must be a finite number {bound}")
+
+
+def trainable_modules(net: nn.Module) -> list[str]:
+    """The names ``model.freeze`` and ``model.lr_mult`` accept: every module with parameters."""
+    return [name for name, m in net.named_modules() if name and any(True for _ in m.parameters())]
+
+
+def check_module_names(key: str, names: Sequence[str], net: nn.Module) -> None:
+    valid = trainable_modules(net)
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise ConfigError(f"model.{key} names no such module: {unknown}; valid names: {valid}")
+
+
+def freeze_modules(net: nn.Module, names: Sequence[str]) -> None:
+    """Frozen parameters get no gradient and stay out of the optimizer, so neither weight decay
+    nor momentum moves them."""
+    check_module_names("freeze", names, net)
+    for name in names:
+        net.get_submodule(name).requires_grad_(False)
+    if not any(p.requires_grad for p in net.parameters()):
+        raise ConfigError(f"model.freeze={list(names)} freezes every parameter: nothing to train")
+
+
+def lr_groups(net: nn.Module, lr_mult: Mapping[str, float]) -> dict[str, list[str]]:
+    """The trainable parameters' names by the ``lr_mult`` entry that covers them (the most
+    specific one: ``classifier.fc8`` before ``classifier``), ``""`` for those at the base rate."""
+    check_module_names("lr_mult", list(lr_mult), net)
+    for name, mult in lr_mult.items():
+        if isinstance(mult, bool) or not isinstance(mult, int | float) or not 0 < mult < math.inf:
+            raise ConfigError(
+                f"model.lr_mult.{name}={mult!r} must be a finite number above 0 (to keep a "
+                "module as it is, put it in model.freeze)"
+            )
+    groups: dict[str, list[str]] = {"": [], **{name: [] for name in lr_mult}}
+    for pname, p in net.named_parameters():
+        if p.requires_grad:
+            owners = [n for n in lr_mult if pname.startswith(f"{n}.")]
+            groups[max(owners, key=len, default="")].append(pname)
+    frozen = [name for name, params in groups.items() if name and not params]
+    if frozen:
+        raise ConfigError(f"model.lr_mult names modules that model.freeze freezes: {frozen}")
+    return groups
 
 
 def min_input_size(net: nn.Module) -> int:
@@ -99,6 +147,10 @@ class ImageClassifier(LightningModule):
     Optimizer and scheduler are partial constructors (Hydra ``_partial_``); they are not saved as
     hyper-parameters, so loading a checkpoint for evaluation needs neither.
 
+    ``pretrained`` (a torchvision AlexNet state dict file, or ``imagenet``) is only a record here:
+    ``load_pretrained`` reads it when a training run starts, so a checkpoint never needs the file.
+    ``freeze`` and ``lr_mult`` name modules of the network (``features``, ``classifier.fc8``).
+
     ``compile`` and ``channels_last`` are GPU switches that only the Trainer applies (in
     ``configure_model``): a checkpoint loads and predicts without them.
     """
@@ -113,13 +165,21 @@ class ImageClassifier(LightningModule):
         max_lr_drops: int | None = None,
         compile: bool = False,
         channels_last: bool = False,
+        pretrained: str | None = None,
+        freeze: Sequence[str] | None = None,
+        lr_mult: Mapping[str, float] | None = None,
         **arch_kwargs: Any,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         check_optimizer(optimizer)
+        if pretrained is not None:
+            check_torchvision_layout(arch, arch_kwargs)
         self.class_names = list(class_names)
         self.net: nn.Module = get_class(arch)(num_classes=len(self.class_names), **arch_kwargs)
+        freeze_modules(self.net, freeze or [])
+        self.lr_mult = dict(lr_mult or {})
+        self.lr_groups = lr_groups(self.net, self.lr_mult)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         n = len(self.class_names)
@@ -148,6 +208,13 @@ class ImageClassifier(LightningModule):
         self.val_acc_best.persistent(True)
         self._resumed: dict[str, Any] = {}
         self.lr_scheduler: Any = None
+
+    def load_pretrained(self) -> None:
+        """Read ``pretrained`` into the network: once, when a run starts from scratch (not on
+        resume, whose checkpoint holds the weights)."""
+        source = self.hparams.pretrained
+        if source is not None:
+            load_torchvision_alexnet(self.net, read_torchvision_state_dict(source), source)
 
     def configure_model(self) -> None:
         if self.hparams.channels_last:
@@ -250,8 +317,9 @@ class ImageClassifier(LightningModule):
     def lr_drops(self) -> int:
         """How many times the plateau scheduler has cut the configured rate, read from the rate
         itself (so a resumed run counts the cuts made before it)."""
-        configured = self.optimizer_factory.keywords["lr"]
-        current = self.lr_scheduler.optimizer.param_groups[0]["lr"]
+        group = self.lr_scheduler.optimizer.param_groups[0]
+        configured = self.optimizer_factory.keywords["lr"] * group.get("lr_mult", 1)
+        current = group["lr"]
         return round(math.log(configured / current) / -math.log(self.lr_scheduler.factor))
 
     def on_validation_epoch_end(self) -> None:
@@ -288,12 +356,30 @@ class ImageClassifier(LightningModule):
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise ValueError("model.optimizer is not set: training needs an optimizer config")
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=self.param_groups())
+        for group in optimizer.param_groups:
+            group["lr"] *= group.get("lr_mult", 1)
         if self.scheduler_factory is not None:
             self.lr_scheduler = self.scheduler_factory(optimizer=optimizer)
             if "lr_scheduler" in self._resumed:
                 self.lr_scheduler.load_state_dict(self._resumed.pop("lr_scheduler"))
         return optimizer
+
+    def param_groups(self) -> list[nn.Parameter] | list[dict[str, Any]]:
+        """The trainable parameters; with ``lr_mult``, one group per multiple, named after its
+        module (``base`` for the rest), so LearningRateMonitor logs ``lr-SGD/classifier.fc8``."""
+        params = dict(self.net.named_parameters())
+        if not self.lr_mult:
+            return [params[name] for name in self.lr_groups[""]]
+        return [
+            {
+                "params": [params[p] for p in names],
+                "name": name or "base",
+                "lr_mult": self.lr_mult.get(name, 1.0),
+            }
+            for name, names in self.lr_groups.items()
+            if names
+        ]
 
 
 def load_classifier(path: str | Path) -> tuple[ImageClassifier, dict[str, Any]]:
