@@ -9,7 +9,7 @@ import yaml
 from torch.utils.tensorboard import SummaryWriter
 
 from src.experiments.relu_vs_tanh import load_runs, summarise
-from src.experiments.report import report
+from src.experiments.report import main, report
 from src.experiments.runs import load_jobs, swept_keys
 from tests.conftest import micrograph_overrides, quick_overrides, run_cli
 
@@ -105,6 +105,18 @@ def test_metric_variants_of_the_same_jobs(tmp_path):
     assert ten["metrics"]["test/acc"]["values"] == pytest.approx([0.6, 0.7])
     assert ten["metrics"]["test/acc_top5"]["mean"] == pytest.approx(0.95)
     assert ten["difference"]["delta"] == pytest.approx(0.1)
+    # the same networks: paired seed by seed, though the seeds' ranges overlap
+    assert ten["difference"]["same_seed_differences"] == pytest.approx([0.1, 0.1])
+    assert not ten["difference"]["exceeds_seed_spread"]
+    assert "| +0.100 | no | higher in 2 of 2 |" in (tmp_path / "results.md").read_text()
+
+    # tabled again later (after more seeds, say) with the options of the first report
+    write_job(tmp_path, 2, ["seed=2"], {"test/acc": [0.4], "test/acc_tencrop": [0.3]})
+    main([str(tmp_path)])
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert [row["label"] for row in again["variants"]] == ["centre crop", "ten crops"]
+    assert again["variants"][1]["seeds"] == [0, 1, 2]
+    assert "higher in 2 of 3" in (tmp_path / "results.md").read_text()
 
 
 def test_relu_vs_tanh_conditions_are_named_by_the_model_option(tmp_path):

@@ -60,19 +60,34 @@ def _stats(values: Sequence[float | None]) -> dict[str, Any]:
 
 
 def _difference(row: dict[str, Any], base: dict[str, Any], metric: str) -> dict[str, Any]:
-    """Mean difference, and whether it exceeds the seed spread: every seed of one variant above
-    every seed of the other (the ranges do not overlap), which with three seeds a chance
-    difference rarely gives."""
+    """Mean difference; whether it exceeds the seed spread (every seed of one variant above every
+    seed of the other: the ranges do not overlap, which with three seeds a chance difference
+    rarely gives); and the same-seed differences, for variants that share a run's seed (or, as
+    for ten crops vs the centre crop, its very network)."""
     a, b = row["metrics"][metric], base["metrics"][metric]
+    mine = dict(zip(row["seeds"], a["values"], strict=True))
+    theirs = dict(zip(base["seeds"], b["values"], strict=True))
+    paired = [mine[s] - theirs[s] for s in mine if s in theirs and None not in (mine[s], theirs[s])]
+    result = {
+        "vs": base["label"],
+        "delta": None,
+        "exceeds_seed_spread": None,
+        "same_seed_differences": paired,
+    }
     if a["mean"] is None or b["mean"] is None:
-        return {"vs": base["label"], "delta": None, "exceeds_seed_spread": None}
+        return result
     separated = a["min"] > b["max"] or a["max"] < b["min"]
     several = min(len(row["seeds"]), len(base["seeds"])) > 1
-    return {
-        "vs": base["label"],
-        "delta": a["mean"] - b["mean"],
-        "exceeds_seed_spread": bool(separated and several),
-    }
+    return result | {"delta": a["mean"] - b["mean"], "exceeds_seed_spread": separated and several}
+
+
+def _same_seed(diff: dict[str, Any] | None) -> str:
+    """ "higher in 3 of 3 seeds": how often the variant beat the first row seed for seed."""
+    paired = (diff or {}).get("same_seed_differences") or []
+    if not paired:
+        return "-"
+    higher = sum(d > 0 for d in paired)
+    return f"higher in {higher} of {len(paired)}"
 
 
 def summarise(
@@ -155,8 +170,8 @@ def table(summary: dict[str, Any]) -> str:
         f"{metric} per seed, and the difference of the means from the first row (beyond the "
         "seed spread: every seed of one variant above every seed of the other):",
         "",
-        f"| variant | seed: {metric} | difference | beyond the seed spread |",
-        "|---|---|---|---|",
+        f"| variant | seed: {metric} | difference | beyond the seed spread | same seed |",
+        "|---|---|---|---|---|",
     ]
     for row in summary["variants"]:
         values = row["metrics"][metric]["values"]
@@ -171,7 +186,7 @@ def table(summary: dict[str, Any]) -> str:
             if diff is None or diff["exceeds_seed_spread"] is None
             else ("yes" if diff["exceeds_seed_spread"] else "no")
         )
-        lines.append(f"| {row['label']} | {per_seed} | {delta} | {beyond} |")
+        lines.append(f"| {row['label']} | {per_seed} | {delta} | {beyond} | {_same_seed(diff)} |")
     return "\n".join(lines)
 
 
@@ -190,7 +205,7 @@ def report(
     jobs = load_jobs(sweep_dir)
     if not jobs:
         raise FileNotFoundError(f"No job under {sweep_dir} logged TensorBoard events")
-    summary = {"title": title, "claim": claim, "sweep_dir": str(sweep_dir)}
+    summary = {"title": title, "claim": claim, "sweep_dir": str(sweep_dir), "suffixes": suffixes}
     summary |= summarise(jobs, metric, suffixes, columns=columns)
     summary["wall_seconds"] = seconds
     text = [f"# {title}", ""]
@@ -249,7 +264,17 @@ class SweepReport(HydraCallback):
         )  # fmt: skip
 
 
+def main(folders: Sequence[str]) -> None:
+    """Table sweep folders again (after more seeds were run into them, say), with the title,
+    metric and variants their earlier report used."""
+    for folder in folders:
+        earlier = Path(folder) / "results.json"
+        options = json.loads(earlier.read_text()) if earlier.is_file() else {}
+        keep = ("title", "claim", "metric", "suffixes", "columns")
+        summary = report(folder, **{k: options[k] for k in keep if options.get(k)})
+        log.info("%s", table(summary))
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for folder in sys.argv[1:]:
-        log.info("%s", table(report(folder)))
+    main(sys.argv[1:])
