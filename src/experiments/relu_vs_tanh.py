@@ -163,12 +163,14 @@ def _ratio(relu: dict[str, Any], tanh: dict[str, Any]) -> dict[str, Any]:
             text.append("n/a")
     values = [v for v in per_seed if v is not None]
     mean = _mean(values) if values and len(values) == len(per_seed) else None
-    spread = f" (mean {mean:.2f}, min-max {min(values):.2f}-{max(values):.2f})"
+    spread = ""
+    if mean is not None and len(values) > 1:
+        spread = f" (mean {mean:.2f}, min-max {min(values):.2f}-{max(values):.2f})"
     unpaired = sorted(set(relu_seeds) ^ set(tanh_seeds), key=str)
     return {
         "seeds": seeds,
         "per_seed": per_seed,
-        "text": ", ".join(text) + (spread if mean and len(values) > 1 else ""),
+        "text": ", ".join(text) + spread,
         "mean": mean,
         "min": min(values) if values else None,
         "max": max(values) if values else None,
