@@ -23,14 +23,16 @@ test: install
 tensorboard: install
 	$(BIN)/tensorboard --logdir logs
 
-## input path vs the seed article's, Lightning vs a plain loop, presets: bench/results.md
-## (ARGS=--time-to-accuracy: seconds to 50 % val/acc per input path, bench/time_to_accuracy.md)
+## bench/benchmark.py: input path (pil, cache) vs the seed article's, Lightning vs a plain loop,
+## presets: bench/results.md (ARGS=--time-to-accuracy: seconds to 50 % val/acc per input path,
+## bench/time_to_accuracy.md); the GPU version is bash bench/bench_gpu.sh
 bench: install
-	$(BIN)/python -m src.utils.benchmark $(ARGS)
+	$(BIN)/python -m bench.benchmark $(ARGS)
 
-## memory over epochs on 20,000 images, and the time to check them (writes bench/soak.md)
+## bench/soak.py: memory over epochs on 20,000 images, and the time to check them
+## (writes bench/soak.md; ARGS="--images N --epochs N" for a smaller run)
 soak: install
-	$(BIN)/python -m src.utils.soak $(ARGS)
+	$(BIN)/python -m bench.soak $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,135 +1,50 @@
-"""What a researcher checks first, put into TensorBoard while the network trains.
+"""Every Lightning callback of the project: what a researcher checks first, put into TensorBoard
+while the network trains, and the clocks that experiments and benchmarks read.
 
-Each callback is an entry of ``conf/callbacks/default.yaml`` (off with ``callbacks.NAME=null``).
-The image and hparams callbacks act only when the trainer has a TensorBoardLogger and draw on
-rank zero only; images/s is logged like any metric, to every logger. The drawing functions are
-public so notebooks and ``src.experiments.figures`` reuse them.
+Each TensorBoard callback is an entry of ``conf/callbacks/default.yaml`` (off with
+``callbacks.NAME=null``); they act only when the trainer has a TensorBoardLogger and draw on rank
+zero only, with the drawings of ``src.experiments.figures``. Throughput is Lightning's own
+``ThroughputMonitor`` (``images_in`` counts a batch's images for it).
 """
 
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.tensorboard.summary import hparams
 from torchmetrics.classification import MulticlassConfusionMatrix
-from torchvision.utils import make_grid
+
+from src.experiments.figures import (
+    confusion_matrix_figure,
+    figure_to_array,
+    filter_grid,
+    labelled_grid,
+)
+from src.utils import ConfigError
 
 
-def find_tensorboard(trainer: Trainer) -> TensorBoardLogger | None:
-    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-
-
-def unnormalise(
-    images: torch.Tensor, mean: Sequence[float], std: Sequence[float], input_scale: str
-) -> torch.Tensor:
-    """Network inputs back to displayable 0-1 pixels: undoes ``(x - mean) / std`` on the 0-1
-    scale (``standardised``) or ``x * 255 - mean * 255`` (``raw``); ``mean_image`` inputs are
-    shown as ``raw`` ones, ``mean`` standing in for the mean image, whose place in a crop is
-    not known here."""
-    shape = (-1, 1, 1)
-    mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(shape)
-    std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(shape)
-    pixel_scale = input_scale in ("raw", "mean_image")
-    pixels = images / 255 + mean_t if pixel_scale else images * std_t + mean_t
-    return pixels.clamp(0, 1)
-
-
-def figure_to_array(fig: Figure) -> np.ndarray:
-    """The figure rendered as an (H, W, 3) uint8 array, without pyplot."""
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-def labelled_grid(
-    images: torch.Tensor, labels: Sequence[str], nrow: int = 8, min_cell: int = 96
-) -> Figure:
-    """0-1 images in a grid (``make_grid``), each with its label in the top-left corner, at
-    least ``min_cell`` pixels per image so that labels fit on small inputs."""
-    padding = 2
-    grid = make_grid(images.cpu(), nrow=nrow, padding=padding, pad_value=1.0)
-    cell_h, cell_w = images.shape[-2] + padding, images.shape[-1] + padding
-    zoom = max(1.0, min_cell / images.shape[-1])
-    dpi = 100
-    fig = Figure(figsize=(grid.shape[2] * zoom / dpi, grid.shape[1] * zoom / dpi), dpi=dpi)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
-    ax.axis("off")
-    for i, label in enumerate(labels):
-        row, col = divmod(i, nrow)
-        ax.text(
-            col * cell_w + padding + 1,
-            row * cell_h + padding + 1,
-            label,
-            va="top",
-            fontsize=8,
-            color="white",
-            bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0},
-        )
-    return fig
+def images_in(batch: Any) -> int:
+    """The number of images of a batch: ``ThroughputMonitor``'s ``batch_size_fn``."""
+    return len(batch[1])
 
 
 def first_conv(net: nn.Module) -> nn.Conv2d:
     """The layer that looks at the pixels: conv1 of every model preset."""
     conv = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
     if conv is None:
-        raise ValueError(f"{type(net).__name__} has no Conv2d layer to show filters of")
+        raise ConfigError(
+            f"callbacks.first_layer_filters: {type(net).__name__} has no Conv2d layer to show; "
+            "switch it off with callbacks.first_layer_filters=null"
+        )
     return conv
 
 
-def filter_grid(weight: torch.Tensor, groups: int = 1, nrow: int = 16) -> torch.Tensor:
-    """First-layer kernels as a (3, H, W) 0-1 image like the paper's Figure 3: each kernel
-    scaled to its own min-max, on white. With ``groups=2`` the first and the last half of the
-    kernels (read by the first and the second tower's conv2) are two blocks, one kernel's height
-    apart; kernels are enlarged to about 44 px."""
-    weight = weight.detach().float().cpu()
-    size = weight.shape[-1]
-    blocks = [
-        make_grid(half, nrow=nrow, padding=1, normalize=True, scale_each=True, pad_value=1.0)
-        for half in weight.chunk(groups)
-    ]
-    gap = torch.ones(3, size, blocks[0].shape[2])
-    grid = torch.cat([part for block in blocks for part in (gap, block)][1:], dim=1)
-    scale = max(1, 44 // size)
-    return grid.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
-
-
-def confusion_matrix_figure(
-    matrix: torch.Tensor, class_names: Sequence[str], title: str = ""
-) -> Figure:
-    """Counts of true (rows) against predicted (columns) classes; with up to 10 classes every
-    cell shows its count (the numbers cost as much as the rest of the drawing), with up to 50
-    the axes name every class."""
-    counts = matrix.cpu().numpy()
-    n = len(class_names)
-    side = min(max(4.0, 0.4 * n + 1.5), 14.0)
-    fig = Figure(figsize=(side, side), dpi=80)
-    # fixed margins: a constrained layout costs about as much as the drawing, every epoch
-    margin = 1.2 / side
-    fig.subplots_adjust(left=margin, bottom=margin, right=0.98, top=1 - 0.5 / side)
-    ax = fig.subplots()
-    ax.imshow(counts, cmap="Blues")
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(title, fontsize=10)
-    if n <= 50:
-        ticks = range(n)
-        ax.set_xticks(ticks, class_names, rotation=90, fontsize=8)
-        ax.set_yticks(ticks, class_names, fontsize=8)
-    if n <= 10:
-        dark = counts.max() / 2
-        for (row, col), count in np.ndenumerate(counts):
-            if count:
-                color = "white" if count > dark else "black"
-                ax.text(col, row, str(count), ha="center", va="center", fontsize=7, color=color)
-    return fig
+def find_tensorboard(trainer: Trainer) -> TensorBoardLogger | None:
+    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
 
 
 class TrainingSamples(Callback):
@@ -155,8 +70,7 @@ class TrainingSamples(Callback):
             return
         self.logged = True
         images, targets = batch[0][: self.max_images], batch[1][: self.max_images]
-        data = trainer.datamodule.hparams
-        pixels = unnormalise(images.float(), data.mean, data.std, data.input_scale)
+        pixels = trainer.datamodule.transform.pixels(images.float())
         names = [pl_module.class_names[i] for i in targets.tolist()]
         fig = labelled_grid(pixels, names, nrow=self.nrow)
         logger.experiment.add_image(
@@ -170,7 +84,7 @@ class FirstLayerFilters(Callback):
 
     def __init__(self, every_n_epochs: int = 5, nrow: int = 16) -> None:
         if every_n_epochs < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"callbacks.first_layer_filters.every_n_epochs={every_n_epochs} must be 1 or more"
             )
         self.every_n_epochs = every_n_epochs
@@ -248,29 +162,17 @@ class ValidationConfusionMatrix(Callback):
             )
 
 
-class ImagesPerSecond(Callback):
-    """Logs ``train/images_per_second`` per epoch: training images over the time from the
-    epoch's start to its last batch (data loading included, validation not), for all processes:
-    rank zero's rate times their number, as each gets an equal share of the epoch. Not
-    synchronised: the progress bar reads epoch metrics on rank zero alone, so a synchronised
-    value logged by a callback would leave rank zero waiting for the others there.
-    """
+class EpochClock(Callback):
+    """Logs ``train/seconds`` at every epoch's end: wall-clock time since training began (after
+    data preparation and the sanity check), validation included, so the time to a target error
+    can be read beside the error curve. ``ThroughputMonitor``'s ``train/time`` leaves validation
+    out and is logged per step, so it cannot say when an epoch ended."""
 
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.images = 0
-        self.start = self.last_batch_end = time.perf_counter()
-
-    def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, _: int
-    ) -> None:
-        self.images += len(batch[1])
-        self.last_batch_end = time.perf_counter()
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        seconds = self.last_batch_end - self.start
-        if self.images and seconds > 0:
-            rate = self.images / seconds * trainer.world_size
-            pl_module.log("train/images_per_second", rate, rank_zero_only=True)
+        pl_module.log("train/seconds", time.perf_counter() - self.start)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -311,3 +213,48 @@ class HyperparametersWithMetrics(Callback):
         }
         _, session_start, _ = hparams(params, {})
         logger.experiment.file_writer.add_summary(session_start)
+
+
+class StepClock(Callback):
+    """The time at the end of every training step, for the benchmark (``bench/benchmark.py``) to
+    compare Lightning's steady rate with a plain loop's on the same steps: ``ThroughputMonitor``
+    only logs rates averaged over a window, never the steps' own times."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.times.append(time.perf_counter())
+
+
+def resident_mb(pid: int | str = "self") -> float:
+    """Memory of a process and all its live descendants (Linux ``/proc``), in MB, as
+    proportional set size: a page shared by the main process and its forked loader workers is
+    split between them, not counted once per process as in their resident sizes."""
+    from pathlib import Path
+
+    total, todo = 0.0, [str(pid)]
+    while todo:
+        proc = Path("/proc") / todo.pop()
+        try:
+            rollup = (proc / "smaps_rollup").read_text()
+            total += int(rollup.split("\nPss:")[1].split()[0]) / 1024
+            for task in (proc / "task").iterdir():
+                todo += (task / "children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue  # a worker that exited while being read
+    return total
+
+
+class ResidentMemory(Callback):
+    """Logs ``memory/rss_mb`` (this process and its loader workers, proportional set size) and
+    ``memory/peak_mb`` (peak resident size of this process) at every training epoch's end, for
+    ``make soak`` (``bench/soak.py``) to see whether memory grows over epochs. Lightning's
+    ``DeviceStatsMonitor`` reports the accelerator's memory (on the CPU, the whole machine's),
+    not this process tree's. Linux only (``/proc``)."""
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        import resource  # Unix only: imported here, so src.callbacks loads everywhere
+
+        pl_module.log("memory/rss_mb", resident_mb())
+        pl_module.log("memory/peak_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

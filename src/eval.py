@@ -12,9 +12,12 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from src.data.datamodule import datamodule_from_checkpoint
-from src.experiments.figures import write_figure4
-from src.models.classifier import load_classifier
+from src.checkpoints import (
+    datamodule_from_checkpoint,
+    load_classifier,
+    refuse_data_overrides,
+)
+from src.experiments.figure4 import write_figure4
 from src.utils import ConfigError, exit_on_user_error, instantiate_all
 
 log = logging.getLogger(__name__)
@@ -42,16 +45,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(f"ten_crop={cfg.ten_crop!r} must be true, false or null")
     L.seed_everything(cfg.seed, workers=True)
     model, checkpoint = load_classifier(cfg.ckpt_path)
-    requested = OmegaConf.to_container(cfg.data)
-    if requested.get("ten_crop"):
-        raise ConfigError(
-            "data.ten_crop=true is a training setting (the test after training); evaluate on ten "
-            "crops with ten_crop=true"
-        )
-    datamodule = datamodule_from_checkpoint(checkpoint, requested)
+    datamodule = datamodule_from_checkpoint(checkpoint, OmegaConf.to_container(cfg.data))
     ten_crop = cfg.ten_crop
     if ten_crop is None:
-        ten_crop = checkpoint["datamodule_hyper_parameters"].get("ten_crop", False)
+        ten_crop = checkpoint["datamodule_hyper_parameters"]["ten_crop"]
     datamodule.ten_crop_splits = {cfg.split} if ten_crop else set()
     if datamodule.classes != model.class_names:
         raise ConfigError(
@@ -76,4 +73,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_data_overrides()
     main()

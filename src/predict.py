@@ -1,8 +1,9 @@
 """Classify images with a trained checkpoint: ``python -m src.predict ckpt_path=PATH image=PATH``.
 
-Prints the top classes of each image and saves it as a PNG titled with the prediction. Needs no
-data set: class names and preprocessing come from the checkpoint. ``ten_crop=true`` averages the
-softmax over the ten crops of each image (paper, section 4.1) instead of taking the centre crop.
+Logs the top classes of each image and saves it as a PNG titled with the prediction. Needs no
+data set: class names and preprocessing come from the checkpoint, through the same batch
+transform evaluation uses. ``ten_crop=true`` averages the softmax over the ten crops of each
+image (paper, section 4.1) instead of taking the centre crop.
 """
 
 import json
@@ -11,40 +12,35 @@ from pathlib import Path
 
 import hydra
 import torch
-from matplotlib.figure import Figure
 from omegaconf import DictConfig
-from PIL import Image
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torch.utils.data import DataLoader
 
-from src.data.datamodule import datamodule_state
-from src.data.images import load_rgb
-from src.data.transforms import eval_transform
-from src.models.classifier import load_classifier
+from src.checkpoints import (
+    evaluation_transform,
+    load_classifier,
+    refuse_data_overrides,
+)
+from src.data.datamodule import SquareImages
+from src.data.folders import ImageSet
+from src.data.images import image_files, load_rgb
+from src.experiments.figures import prediction_figure
 from src.utils import ConfigError, MissingFileError, exit_on_user_error
 from src.utils.io import atomic_write, write_figure
 
 log = logging.getLogger(__name__)
 
 
-def find_images(path: str | Path) -> list[Path]:
+def find_images(path: str | Path) -> ImageSet:
+    """The file, or every image under the folder, to classify (labels unknown: -1)."""
     path = Path(path)
     if path.is_file():
-        return [path]
+        return ImageSet(path.name, path.parent, [], [(str(path), -1)])
     if not path.is_dir():
         raise MissingFileError(f"image={path}: no such file or folder")
-    images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
-    if not images:
-        raise MissingFileError(f"image={path}: the folder holds no images ({IMG_EXTENSIONS})")
-    return images
-
-
-def save_figure(image: Image.Image, title: str, path: Path) -> None:
-    fig = Figure(figsize=(4, 4.4))
-    ax = fig.subplots()
-    ax.imshow(image)
-    ax.set_title(title)
-    ax.axis("off")
-    write_figure(fig, path, bbox_inches="tight", dpi=100)
+    files = image_files(path)
+    if not files:
+        raise MissingFileError(f"image={path}: the folder holds no images")
+    return ImageSet(path.name, path, [], [(str(p), -1) for p in files])
 
 
 @torch.inference_mode()
@@ -53,36 +49,37 @@ def predict(cfg: DictConfig) -> list[dict]:
     if not isinstance(cfg.ten_crop, bool):
         raise ConfigError(f"ten_crop={cfg.ten_crop!r} must be true or false")
     model, checkpoint = load_classifier(cfg.ckpt_path)
+    transform = evaluation_transform(checkpoint)
     data = checkpoint["datamodule_hyper_parameters"]
-    transform = eval_transform(
-        data["resize_size"],
-        data["crop_size"],
-        data["mean"],
-        data["std"],
-        data.get("input_scale", "standardised"),
-        # the training set's, carried in the checkpoint
-        mean_image=datamodule_state(checkpoint).get("mean_image"),
-        ten_crop=cfg.ten_crop,
-    )
+    images = find_images(cfg.image)
+    dataset = SquareImages(images, data["resize_size"], skip=set())
+    batch_size = cfg.data.get("batch_size") or data["batch_size"]
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=cfg.data.num_workers)
     method = "softmax averaged over 10 crops" if cfg.ten_crop else "centre crop"
     names = model.class_names
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for path in find_images(cfg.image):
-        image = load_rgb(path)
-        x = transform(image)
-        # (10, C, H, W) with ten crops, else one (C, H, W) image
-        probs = model(x if cfg.ten_crop else x.unsqueeze(0)).softmax(-1).mean(0)
-        top = probs.topk(min(cfg.top_k, len(names)))
-        ranked = [(names[i], float(p)) for p, i in zip(top.values, top.indices, strict=True)]
-        png = out / f"{path.stem}_prediction.png"
-        save_figure(image, f"class: {ranked[0][0]}   prob: {ranked[0][1]:.3f}", png)
-        lines = [f"  {rank}. {name:<12} {p:.4f}" for rank, (name, p) in enumerate(ranked, 1)]
-        log.info("%s (%s)\n%s", path, method, "\n".join(lines))
-        results.append(
-            {"image": str(path), "top": ranked, "figure": str(png), "ten_crop": cfg.ten_crop}
-        )
+    paths = iter(Path(p) for p, _ in images.samples)
+    for squares, _ in loader:
+        x = transform(squares, "predict", ten_crop=cfg.ten_crop)
+        # (B, crops, C, H, W): one crop, or ten whose softmax is averaged
+        x = x.unsqueeze(1) if x.ndim == 4 else x
+        probs = model(x.flatten(0, 1)).view(len(squares), -1, len(names)).softmax(-1).mean(1)
+        for row in probs:
+            path = next(paths)
+            top = row.topk(min(cfg.top_k, len(names)))
+            ranked = [(names[i], float(p)) for p, i in zip(top.values, top.indices, strict=True)]
+            png = out / f"{path.relative_to(images.base).with_suffix('')}_prediction.png"
+            title = f"class: {ranked[0][0]}   prob: {ranked[0][1]:.3f}"
+            write_figure(
+                prediction_figure(load_rgb(path), title), png, bbox_inches="tight", dpi=100
+            )
+            lines = [f"  {rank}. {name:<12} {p:.4f}" for rank, (name, p) in enumerate(ranked, 1)]
+            log.info("%s (%s)\n%s", path, method, "\n".join(lines))
+            results.append(
+                {"image": str(path), "top": ranked, "figure": str(png), "ten_crop": cfg.ten_crop}
+            )
     atomic_write(out / "predictions.json", json.dumps(results, indent=2))
     log.info("figures and predictions.json in %s", out)
     return results
@@ -95,4 +92,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_data_overrides(allowed=("batch_size", "num_workers"))
     main()

@@ -16,15 +16,11 @@ from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from src.data.datamodule import (
-    CHANGEABLE_DATA_KEYS,
-    restore_datamodule,
-    saved_data_settings,
-    write_class_indices,
-)
+from src.checkpoints import check_resume, restore_datamodule
+from src.data.folders import write_class_indices
 from src.models.classifier import DivergedError, ImageClassifier, min_input_size
-from src.utils import ConfigError, contradictions, exit_on_user_error, instantiate_all
-from src.utils.io import atomic_write, load_checkpoint
+from src.utils import ConfigError, exit_on_user_error, instantiate_all
+from src.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -60,48 +56,6 @@ def check_input_size(crop_size: int, model: ImageClassifier) -> None:
             f"these settings: its layers need inputs of at least {need} px. Set data.crop_size "
             f"(and data.resize_size) to {need} or more."
         )
-
-
-# How a network is trained or run, not what it is: a resumed run may change them (a checkpoint
-# trained on a GPU, with compile and channels-last, resumes on a CPU without them). pretrained is
-# read only when a run starts from scratch: a resumed run takes the checkpoint's weights, so the
-# file may have moved or gone. Not freeze and lr_mult: they decide the optimizer's parameter
-# groups, whose momentum and (plateau-cut) rates the checkpoint restores group by group.
-TRAINING_KEYS = (
-    "optimizer", "scheduler", "max_lr_drops", "compile", "channels_last", "pretrained",
-)  # fmt: skip
-
-
-def with_finetune_defaults(model: dict[str, Any]) -> dict[str, Any]:
-    """freeze and lr_mult as a list and a mapping, so that unset (null), empty and absent (a
-    checkpoint written before they existed) compare equal, and a forgotten one does not."""
-    return model | {
-        "freeze": list(model.get("freeze") or []),
-        "lr_mult": dict(model.get("lr_mult") or {}),
-    }
-
-
-def check_resume(cfg: DictConfig, classes: list[str]) -> dict[str, Any]:
-    """A run resumes only the model and data it was trained with: a changed activation or crop
-    size would load the weights into something else without a word. Returns the checkpoint."""
-    checkpoint = load_checkpoint(cfg.ckpt_path)
-    saved_classes = checkpoint["hyper_parameters"]["class_names"]
-    model_cfg = with_finetune_defaults(OmegaConf.to_container(cfg.model, resolve=True))
-    saved = with_finetune_defaults(checkpoint["hyper_parameters"])
-    conflicts = contradictions("model", model_cfg, saved, TRAINING_KEYS)
-    conflicts += contradictions(
-        "data",
-        OmegaConf.to_container(cfg.data, resolve=True),
-        saved_data_settings(checkpoint),
-        CHANGEABLE_DATA_KEYS,
-    )
-    conflicts += contradictions("data", {"classes": classes}, {"classes": saved_classes})
-    if conflicts:
-        raise ConfigError(
-            f"ckpt_path={cfg.ckpt_path} was trained with other settings: {'; '.join(conflicts)}. "
-            "Resume with the run's own overrides (its .hydra/overrides.yaml)."
-        )
-    return checkpoint
 
 
 def check_launch(trainer: L.Trainer) -> None:
@@ -170,7 +124,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model: ImageClassifier = instantiate(cfg.model, class_names=classes)
     check_input_size(datamodule.hparams.crop_size, model)
     if cfg.get("ckpt_path"):
-        restore_datamodule(datamodule, check_resume(cfg, classes))
+        restore_datamodule(datamodule, check_resume(cfg.ckpt_path, model, datamodule))
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=instantiate_all(cfg.get("callbacks")),

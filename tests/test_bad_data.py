@@ -128,5 +128,6 @@ def test_an_image_smaller_than_the_crop_is_resized_up(tiny_root, tmp_path):
     )  # fmt: skip
     dm.setup("validate")
     val = dm.datasets["val"]
-    x, _ = val[[Path(p).name for p, _ in val.samples].index("tiny.png")]
-    assert x.shape == (3, 64, 64)
+    square, _ = val[[Path(p).name for p, _ in val.samples].index("tiny.png")]
+    assert square.shape == (3, 72, 72)
+    assert dm.transform(square[None], "val").shape == (1, 3, 64, 64)

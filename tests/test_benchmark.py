@@ -12,7 +12,7 @@ def test_bench_writes_its_tables(tmp_path):
     """``make bench`` at a tiny size, into a temporary folder (never over bench/results.md)."""
     out = tmp_path / "results.md"
     result = subprocess.run(
-        [sys.executable, "-m", "src.utils.benchmark", f"--out={out}", f"--work-dir={tmp_path}",
+        [sys.executable, "-m", "bench.benchmark", f"--out={out}", f"--work-dir={tmp_path}",
          "--images=28", "--reps=1", "--steps=4", "--preset-steps=1"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -21,4 +21,5 @@ def test_bench_writes_its_tables(tmp_path):
     for heading in ("Machine:", "## 1. Input path", "## 2. Framework overhead", "## 4. Model"):
         assert heading in text
     assert "seed article" in text and "`data.backend=cache`" in text and "Cache build" in text
+    assert "`data.backend=pil`" in text and "Goals, × article" in text and "litdata" not in text
     assert "Lightning / plain, steady state" in text and "`alexnet_owt`" in text

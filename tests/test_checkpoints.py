@@ -11,9 +11,11 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from src.checkpoints import FORMAT_VERSION, SafeCheckpointIO, read_checkpoint
 from src.eval import evaluate
 from src.train import train
-from src.utils.io import SafeCheckpointIO, UnsafeCheckpointError, atomic_write, load_checkpoint
+from src.utils import UserError
+from src.utils.io import UnsafeCheckpointError, atomic_write, load_checkpoint
 from tests.conftest import ROOT, compose_config, run_cli, scalars
 
 
@@ -72,7 +74,7 @@ def test_eval_and_resume_refuse_it_too(planted, train_config, tmp_path):
 
 WRITER = """
 import sys, torch
-from src.utils.io import SafeCheckpointIO
+from src.checkpoints import SafeCheckpointIO
 big = {"state_dict": {"w": torch.ones(int(sys.argv[2]))}}
 SafeCheckpointIO().save_checkpoint(big, sys.argv[1])
 """
@@ -138,3 +140,45 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(tiny_overrides
     curves, resumed_curves = scalars(full), scalars(broken)
     for tag in ("val/acc", "val/loss", "val/acc_best", "train/loss"):
         assert resumed_curves[tag][-1] == curves[tag][-1], tag
+
+
+def as_written_before_versions(checkpoint: dict) -> dict:
+    """What the code before format versions wrote: no ``format_version`` or ``model_target``,
+    ``lr_mult`` null, the micrograph module under ``src.data.datamodule``, and (older still)
+    none of the data keys added over time."""
+    old = {k: v for k, v in checkpoint.items() if k not in ("format_version", "model_target")}
+    old["hyper_parameters"] = checkpoint["hyper_parameters"] | {"lr_mult": None}
+    old["datamodule_target"] = "src.data.datamodule.MicrographDataModule"
+    data = checkpoint["datamodule_hyper_parameters"]
+    old["datamodule_hyper_parameters"] = {
+        k: v for k, v in data.items() if k not in ("split_seed", "pca_noise", "augment_val")
+    }
+    return old
+
+
+def test_a_checkpoint_of_the_previous_format_is_upgraded_to_evaluate_and_resume(
+    train_config, tmp_path
+):
+    cfg = train_config("model=cnn4", "data.input_scale=mean_image", "test=false")
+    train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    old = tmp_path / "old.ckpt"
+    torch.save(as_written_before_versions(torch.load(last, weights_only=True)), old)
+
+    upgraded = read_checkpoint(old)
+    assert upgraded["format_version"] == FORMAT_VERSION
+    assert upgraded["hyper_parameters"]["lr_mult"] == {}
+    assert upgraded["datamodule_target"] == "src.data.micrographs.MicrographDataModule"
+    assert upgraded["datamodule_hyper_parameters"]["split_seed"] == 0
+    args = ["trainer.accelerator=cpu", "ten_crop=true"]
+    new_metrics = evaluate(compose_config("eval", [f"ckpt_path={last}", *args], tmp_path / "a"))
+    old_metrics = evaluate(compose_config("eval", [f"ckpt_path={old}", *args], tmp_path / "b"))
+    assert old_metrics == new_metrics
+    resumed = train_config("model=cnn4", "data.input_scale=mean_image", "test=false",
+                           f"ckpt_path={old}", "trainer.max_epochs=2")  # fmt: skip
+    train(resumed)
+    written = read_checkpoint(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt")
+    assert written["epoch"] == 1 and written["format_version"] == FORMAT_VERSION
+    with pytest.raises(UserError, match="format version 99"):
+        torch.save({**upgraded, "format_version": 99}, old)
+        read_checkpoint(old)

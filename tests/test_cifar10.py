@@ -55,7 +55,9 @@ def test_reads_the_pickle_format(cifar_root):
     dm.prepare_data()
     dm.setup("fit")
     assert len(dm.datasets["train"]) == 20 and len(dm.datasets["val"]) == 6
-    x, y = next(iter(dm.train_dataloader()))
+    squares, y = next(iter(dm.train_dataloader()))
+    assert squares.shape == (4, 3, 32, 32) and squares.dtype == torch.uint8
+    x = dm.transform(squares, "train")
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
     assert int(y.max()) < 10
 

@@ -7,7 +7,7 @@ import lightning as L
 import pytest
 from hydra.utils import instantiate
 
-from src.models.classifier import load_classifier
+from src.checkpoints import load_classifier
 from src.train import train
 from src.utils import ConfigError
 from tests.conftest import (

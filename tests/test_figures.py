@@ -7,9 +7,9 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
+from src.checkpoints import load_classifier
 from src.eval import evaluate
-from src.experiments.figures import nearest_neighbours, predict_with_features
-from src.models.classifier import load_classifier
+from src.experiments.figure4 import nearest_neighbours, predict_with_features
 from src.train import train
 from tests.conftest import compose_config
 
@@ -38,9 +38,9 @@ def test_eval_writes_figure4(model, feature_size, train_config, tmp_path):
     # the features are the last Linear layer's input; each training image is its own neighbour
     net, _ = load_classifier(ckpt)
     datamodule = instantiate(cfg.data)
-    centre_crop = datamodule.transforms()["val"]
-    splits = datamodule.make_datasets(dict.fromkeys(("train", "val", "test"), centre_crop))
-    outputs = predict_with_features(net, splits["train"], batch_size=8)
+    datamodule.setup("fit")
+    train_images = datamodule.loader(datamodule.datasets["train"])
+    outputs = predict_with_features(net, train_images, datamodule.transform)
     assert outputs.features.shape == (28, feature_size)
     assert outputs.probs.shape == (28, 14) and outputs.labels.shape == (28,)
     nearest = nearest_neighbours(outputs.features[:5], outputs.features, 6)

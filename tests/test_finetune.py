@@ -11,9 +11,10 @@ import torchvision
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
+from src.checkpoints import check_resume, load_classifier
 from src.eval import evaluate
 from src.models import pretrained
-from src.models.classifier import ImageClassifier, load_classifier
+from src.models.classifier import ImageClassifier
 from src.models.pretrained import (
     TORCHVISION_LAYERS,
     PretrainedMismatchError,
@@ -21,7 +22,7 @@ from src.models.pretrained import (
     read_torchvision_state_dict,
 )
 from src.predict import predict
-from src.train import check_resume, train
+from src.train import train
 from src.utils import ConfigError, UserError
 from tests.conftest import ROOT, compose, compose_config, imagefolder_overrides, scalars
 
@@ -202,19 +203,21 @@ def test_finetune_trains_resumes_and_predicts_without_the_file(
     with pytest.raises(ConfigError, match=r"model.freeze=\[\]"):
         train(train_config(*overrides, f"ckpt_path={ckpt}", "model.freeze=[]", data=data))
     # a checkpoint from before these keys existed was trained with none: unset, empty or null
-    saved = torch.load(ckpt, weights_only=True)
-    old = {k: saved[k] for k in ("hyper_parameters", "datamodule_hyper_parameters")}
+    old = torch.load(ckpt, weights_only=True)
+    del old["format_version"]
     for key in ("pretrained", "freeze", "lr_mult"):
         del old["hyper_parameters"][key]
     torch.save(old, tmp_path / "old.ckpt")
     none = ["model.freeze=[]", "model.lr_mult=null", f"ckpt_path={tmp_path / 'old.ckpt'}"]
-    check_resume(train_config(*overrides, *none, data=data), trained.class_names)
+    cfg = train_config(*overrides, *none, data=data)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, class_names=datamodule.classes)
+    check_resume(cfg.ckpt_path, model, datamodule)
 
 
-def test_readme_states_the_finetune_recipe():
+def test_docs_state_the_finetune_recipe():
     cfg = compose("train", ["experiment=finetune", "data.root=x"])
-    section = (ROOT / "README.md").read_text().split("### Fine-tuning")[1].split("\n## ")[0]
-    section = " ".join(section.split())
+    section = " ".join((ROOT / "docs" / "finetuning.md").read_text().split())
     model_cfg = cfg.model
     assert f"lr {model_cfg.optimizer.lr:g}" in section
     assert f"`classifier.fc8` ×{model_cfg.lr_mult['classifier.fc8']:g}" in section

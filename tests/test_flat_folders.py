@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from src.checkpoints import datamodule_state
 from src.data import datamodule as datamodule_module
-from src.data.datamodule import BadImagesError, ImageFolderDataModule, datamodule_state
+from src.data.datamodule import BadImagesError, ImageFolderDataModule
 from src.data.splits import SHOWN, SplitChangedError, check_unchanged, make_split
 from src.eval import evaluate
 from src.train import train

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.data.gpu_augment import centre_crop, normalise
+from src.data.batch_transform import BatchTransform
 from src.predict import predict
 from src.train import train
 from tests.conftest import compose_config
@@ -21,8 +21,9 @@ pytestmark = [
 def test_batch_transform_on_the_gpu_equals_the_cpu():
     images = torch.randint(0, 256, (8, 3, 72, 72), dtype=torch.uint8)
     mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
-    on_cpu = normalise(centre_crop(images, 64), mean, std)
-    on_gpu = normalise(centre_crop(images.cuda(), 64), mean, std, channels_last=True)
+    transform = BatchTransform(64, mean, std)
+    on_cpu = transform(images, "val")
+    on_gpu = transform(images.cuda(), "val", channels_last=True)
     assert on_gpu.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(on_gpu.cpu(), on_cpu)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.errors import InstantiationException
+from omegaconf import open_dict
 
 from src.eval import evaluate
 from src.models.classifier import DivergedError, ImageClassifier, min_input_size
@@ -70,20 +71,29 @@ def test_the_command_line_reports_a_mistake_without_a_stack_trace(
     assert message in (run / "train.log").read_text()
 
 
-def test_eval_refuses_data_settings_that_contradict_the_checkpoint(train_config, tmp_path):
+@pytest.mark.slow
+def test_eval_and_predict_take_no_data_setting_but_where_files_are(train_config, tmp_path):
+    """A data key copied from the training command gets one line naming it and the keys that
+    may be given, from the command line and from Python; where the files are and how they load
+    may change."""
     cfg = train_config("test=false")
     train(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    for overrides, key in [
-        (["data=micrographs_64px"], "data.resize_size=64 (the checkpoint has 72)"),
-        (["+data.input_scale=raw"], "data.input_scale='raw' (the checkpoint has 'standardised')"),
-        (["data=cifar10"], "data._target_=src.data.cifar10.CIFAR10DataModule"),
+    for module, overrides in [
+        ("src.eval", ["data.train_per_class=3"]),
+        ("src.eval", ["data=micrographs_64px"]),
+        ("src.predict", ["image=.", "data.resize_size=64"]),
     ]:
-        eval_cfg = compose_config("eval", [f"ckpt_path={ckpt}", *overrides], tmp_path / "eval")
-        with pytest.raises(ConfigError, match="contradict the checkpoint") as err:
-            evaluate(eval_cfg)
-        assert key in str(err.value)
-    # where the files are and how they load may change
+        result = run_cli(f"ckpt_path={ckpt}", *overrides, module=module, cwd=tmp_path, ok=False)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert "evaluation takes the data settings from the checkpoint" in line
+        assert overrides[-1].split("=")[0] in line and "data.batch_size" in line
+    eval_cfg = compose_config("eval", [f"ckpt_path={ckpt}", "data.batch_size=3"], tmp_path / "e")
+    with open_dict(eval_cfg):
+        eval_cfg.data.crop_size = 66
+    with pytest.raises(ConfigError, match="data.crop_size: evaluation takes the data settings"):
+        evaluate(eval_cfg)
     eval_cfg = compose_config(
         "eval", [f"ckpt_path={ckpt}", "data.batch_size=3", "split=val"], tmp_path / "eval"
     )

@@ -1,4 +1,5 @@
-"""The README restates config values: every such statement is checked against the configs."""
+"""The README and the docs restate config values: every such statement is checked against the
+configs, on the page where it lives."""
 
 import functools
 from typing import Any
@@ -10,6 +11,9 @@ from src.models.classifier import ImageClassifier
 from tests.conftest import ROOT, compose
 
 README = (ROOT / "README.md").read_text()
+CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
+CLAIMS = (ROOT / "docs" / "claims.md").read_text()
+DATA_PAGE = (ROOT / "docs" / "data.md").read_text()
 MODELS = ("alexnet", "alexnet_owt", "alexnet_half", "cnn4")
 DATA = ("imagefolder", "micrographs", "micrographs_64px", "cifar10")
 
@@ -33,7 +37,7 @@ def preset(group: str, name: str) -> DictConfig:
 
 
 def grouped(group: str, names: tuple[str, ...], keys: list[str]) -> str:
-    """The presets with each combination of values, as the README's switch table writes them:
+    """The presets with each combination of values, as the switch table writes them:
     "`a`, `b`: 1, 2; `c`: 3, 4". Presets without the first key are left out; a key that is
     null ends the value list with "none"; a config node (a key that only says "present") is
     not shown."""
@@ -83,7 +87,7 @@ SWITCHES = {
 
 def switch_table() -> dict[str, str]:
     """Config-key cell (up to its first parenthesis) -> presets cell."""
-    section = README.split("## The paper, switch by switch")[1]
+    section = CONFIGURATION.split("## The paper, switch by switch")[1]
     table = section[section.index("| paper |") :].split("\n\n")[0]
     rows = [line.split(" | ") for line in table.splitlines()[2:]]
     return {cells[1].split(" (")[0]: cells[2].rstrip(" |") for cells in rows}
@@ -103,19 +107,21 @@ def test_every_switch_row_is_checked():
 @pytest.mark.parametrize(
     ("name", "classes"), [("alexnet", 1000), ("alexnet_owt", 1000), ("alexnet_half", 14)]
 )
-def test_parameter_counts_in_the_readme_are_the_models(name, classes):
+def test_parameter_counts_in_the_presets_table_are_the_models(name, classes):
     cfg = OmegaConf.to_container(preset("model", name))
     kwargs = {k: v for k, v in cfg.items() if not k.startswith("_")}
     kwargs = {k: v for k, v in kwargs.items() if k not in ("optimizer", "scheduler")}
     net = ImageClassifier([str(i) for i in range(classes)], **kwargs).net
     count = sum(p.numel() for p in net.parameters())
-    assert f"| `{name}`" in README and f"{count:,} at {classes} classes" in README
+    table = CONFIGURATION.split("## Model presets")[1].split("\n## ")[0]
+    row = next(line for line in table.splitlines() if line.startswith(f"| `{name}`"))
+    assert row.endswith(f"| {count:,} at {classes} classes |")
 
 
 def test_default_run_paragraph_states_the_default_config():
     cfg = compose("train", [])
     data, model = cfg.data, cfg.model
-    paragraph = README.split("## The default run")[1].split("Measured on")[0]
+    paragraph = CLAIMS.split("## The default run")[1].split("Measured on")[0]
     paragraph = " ".join(paragraph.split())
     per_class = data.train_per_class * 14
     assert f"`{cfg.hydra.runtime.choices.model}` on the built-in micrographs" in paragraph
@@ -125,3 +131,26 @@ def test_default_run_paragraph_states_the_default_config():
     assert f"weight decay {model.optimizer.weight_decay:.0e}".replace("e-04", "e-4") in paragraph
     assert f"has not improved for {model.scheduler.patience + 1} epochs" in paragraph
     assert f"global batch {data.batch_size}, {cfg.trainer.max_epochs} epochs" in paragraph
+
+
+def test_quick_start_states_the_default_run():
+    cfg = compose("train", [])
+    quick_start = " ".join(README.split("## Quick start")[1].split("\n## ")[0].split())
+    assert cfg.hydra.runtime.choices.model == "alexnet_half"
+    assert "trains the half-width AlexNet" in quick_start
+    assert f"for {cfg.trainer.max_epochs} epochs" in quick_start
+
+
+def test_own_images_sections_state_the_split_and_cache_defaults():
+    data = preset("data", "imagefolder")
+    readme = " ".join(README.split("## Your own images")[1].split("\n## ")[0].split())
+    assert f"{data.val_fraction:.0%} for validation, {data.test_fraction:.0%} for the test" in (
+        readme.replace(" %", "%")
+    )
+    assert f"3 × {data.resize_size}² bytes per image" in readme
+    page = " ".join(DATA_PAGE.split())
+    assert f"`data.val_fraction` ({data.val_fraction:g})" in page
+    assert f"`data.test_fraction` ({data.test_fraction:g})" in page
+    assert f"`data.split_seed` ({data.split_seed})" in page
+    assert f"`data.resize_size` ({data.resize_size})" in page
+    assert f"`data.crop_size` ({data.crop_size})" in page

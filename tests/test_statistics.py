@@ -6,12 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from src.data import statistics
-from src.data.cache import ensure_cache, list_images, square_pixels
+from src.data.batch_transform import BatchTransform
+from src.data.cache import ensure_cache
 from src.data.cifar10 import CIFAR10DataModule
 from src.data.datamodule import ImageFolderDataModule
+from src.data.folders import ImageSet
+from src.data.images import load_square
 from src.data.statistics import pca_offsets, sample_rows, training_statistics
 from src.eval import evaluate
 from src.predict import predict
@@ -55,9 +57,9 @@ def test_statistics_of_a_folder_are_measured_once_and_cached_outside_the_data(
     tiny_root, tmp_path, monkeypatch
 ):
     train_dir = tiny_root / "train"
-    _, samples = list_images(train_dir)
+    samples = ImageSet.of_folder(train_dir).samples
     assert len(samples) <= statistics.SAMPLE_SIZE  # every image is in the sample
-    pixels = np.stack([square_pixels(p, 72) for p, _ in samples]).astype(np.float64) / 255
+    pixels = np.stack([load_square(p, 72) for p, _ in samples]).astype(np.float64) / 255
     covariance = np.cov(pixels.transpose(1, 0, 2, 3).reshape(3, -1), bias=True)
 
     stats = training_statistics(train_dir, tmp_path / "decoded", 72, set())
@@ -93,23 +95,18 @@ def noise_module(root: Path, input_scale: str, pca_noise: float) -> ImageFolderD
     return dm
 
 
-def train_and_val(dm: ImageFolderDataModule, backend: str, count: int) -> tuple:
-    """Training and validation inputs of ``count`` copies of one constant-colour image."""
-    if backend == "cache":
-        images = torch.full((count, 3, 8, 8), 100, dtype=torch.uint8)
-        return dm.device_transform(images, "train"), dm.device_transform(images, "val")
-    image = Image.new("RGB", (8, 8), (100, 100, 100))
-    transforms = dm.transforms()
-    train_ = torch.stack([transforms["train"](image) for _ in range(count)])
-    return train_, transforms["val"](image).expand_as(train_)
+def train_and_val(dm: ImageFolderDataModule, count: int) -> tuple:
+    """Training and validation inputs of ``count`` copies of one constant-colour square."""
+    transform = BatchTransform.from_settings(dm.hparams, dm.statistics)
+    images = torch.full((count, 3, 8, 8), 100, dtype=torch.uint8)
+    return transform(images, "train"), transform(images, "val")
 
 
-@pytest.mark.parametrize("backend", ["pil", "cache"])
 @pytest.mark.parametrize("input_scale", ["standardised", "raw", "mean_image"])
-def test_pca_noise_shifts_each_image_by_its_own_offset(tiny_root, backend, input_scale):
+def test_pca_noise_shifts_each_image_by_its_own_offset(tiny_root, input_scale):
     dm = noise_module(tiny_root, input_scale, 0.1)
     torch.manual_seed(0)
-    noisy, clean = train_and_val(dm, backend, 3000)
+    noisy, clean = train_and_val(dm, 3000)
     shift = noisy - clean
     offsets = shift[:, :, 0, 0].double()
     assert torch.allclose(shift, offsets[:, :, None, None].float().expand_as(shift), atol=1e-4)
@@ -117,11 +114,11 @@ def test_pca_noise_shifts_each_image_by_its_own_offset(tiny_root, backend, input
     expected = expected_covariance(dm.statistics, 0.1) * torch.outer(scale, scale).double()
     assert torch.allclose(offsets.T.cov(), expected, atol=0.1 * expected.max())
     assert len(offsets.unique(dim=0)) == len(offsets)  # per image
-    again, _ = train_and_val(dm, backend, 2)
+    again, _ = train_and_val(dm, 2)
     assert not torch.equal(again, noisy[:2])  # and per draw
 
     off = noise_module(tiny_root, input_scale, 0.0)
-    noisy, clean = train_and_val(off, backend, 2)
+    noisy, clean = train_and_val(off, 2)
     assert torch.equal(noisy, clean)
 
 
@@ -144,8 +141,8 @@ def test_mean_image_is_subtracted_before_cropping_alike_on_both_paths(
     pil, cache = modules["pil"], modules["cache"]
     assert torch.allclose(pil.statistics["mean_image"], cache.statistics["mean_image"])
     images, _ = next(iter(cache.test_dataloader()))
-    from_cache = cache.device_transform(images, "test")
-    from_pil = torch.stack([pil.datasets["test"][i][0] for i in range(4)])
+    from_cache = cache.transform(images, "test", ten_crop)
+    from_pil = pil.transform(next(iter(pil.test_dataloader()))[0], "test", ten_crop)
     assert torch.allclose(from_pil, from_cache, atol=1e-4)
     # the centre crop of (image - mean image), not (crop - mean image's corner)
     mean = statistics.pixel_mean_image(pil.statistics["mean_image"])

@@ -1,6 +1,7 @@
 """Multiruns as users start them: the command line, Hydra's sweepers and launchers, tiny data."""
 
 import re
+import shlex
 
 import pytest
 import sqlalchemy
@@ -11,6 +12,7 @@ from omegaconf.errors import ValidationError
 
 from tests.conftest import (
     CONF_DIR,
+    ROOT,
     compose,
     imagefolder_overrides,
     job_dirs,
@@ -84,36 +86,28 @@ def test_optuna_search_continues_from_its_database(tiny_overrides, tmp_path):
     assert all(isinstance(t.value, float) for t in trials)
 
 
-def test_every_experiment_runs_under_fast_dev_run(tiny_root, tmp_path):
-    """Offline, on tiny data: the built-in data's experiments on the tiny micrographs, the
-    image-folder ones (data.root=PATH) on the same tree read as any image folder; fine-tuning
-    from a torchvision AlexNet file made here (ImageNet's cannot be downloaded offline)."""
-    names = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
-    on_folders = [
-        n for n in names
-        if compose("train", [f"experiment={n}"]).hydra.runtime.choices.data == "imagefolder"
-    ]  # fmt: skip
-    on_micrographs = [n for n in names if n not in on_folders]
-    assert "finetune" in on_folders and on_micrographs
-    on_folders.remove("finetune")
+def test_every_experiment_runs_as_the_docs_print_it(tiny_root, tmp_path):
+    """The every-experiment check of docs/scaling.md, its commands run as printed, offline, on
+    tiny data: PATH is the tiny micrograph tree read as any image folder, FILE a torchvision
+    AlexNet file made here (ImageNet's weights cannot be downloaded offline). Together the
+    commands must cover every config in conf/experiment/."""
+    section = (ROOT / "docs" / "scaling.md").read_text().split("## Every experiment at once")[1]
+    commands = section.split("```bash\n")[1].split("```")[0].strip().splitlines()
     weights = tmp_path / "alexnet-torchvision.pth"
     torch.save(torchvision.models.alexnet().state_dict(), weights)
-    folders = imagefolder_overrides(tiny_root, tmp_path / "cache")
-    data = {
-        tuple(on_micrographs): micrograph_overrides(tiny_root),
-        tuple(on_folders): folders,
-        ("finetune",): [*folders, f"model.pretrained={weights}"],
-    }
+    folders = [o for o in imagefolder_overrides(tiny_root, tmp_path / "cache") if "root" not in o]
     ran = []
-    for experiments, overrides in data.items():
-        result = run_cli(
-            "-m", f"experiment={','.join(experiments)}", "++trainer.fast_dev_run=true",
-            *overrides, *quick_overrides(tmp_path / "logs"), cwd=tmp_path,
-        )  # fmt: skip
+    for command in commands:
+        words = shlex.split(command.replace("PATH", str(tiny_root)).replace("FILE", str(weights)))
+        assert words[:3] == ["python", "-m", "src.train"], command
+        data = folders if "data.root" in command else micrograph_overrides(tiny_root)
+        result = run_cli(*words[3:], *data, *quick_overrides(tmp_path / "logs"), cwd=tmp_path)
         out = result.stdout + result.stderr
-        ran += re.findall(r"#\d+ : experiment=(\S+)", out)
-        assert out.count("best val/acc") == len(experiments)
-    assert sorted(ran) == names
+        names = re.findall(r"#\d+ : experiment=(\S+)", out)
+        names = names or [w.split("=")[1] for w in words if w.startswith("experiment=")]
+        assert out.count("best val/acc") == len(names), command
+        ran += names
+    assert sorted(ran) == sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
 def test_parallel_launcher_runs_two_jobs_at_once(tiny_overrides, tmp_path):

@@ -5,13 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
-from src.data.datamodule import datamodule_from_checkpoint
+from src.checkpoints import datamodule_from_checkpoint, load_classifier
 from src.data.images import load_rgb
 from src.data.micrographs import CLASSES
-from src.data.transforms import eval_transform
 from src.eval import evaluate
-from src.models.classifier import load_classifier
 from src.predict import predict
 from src.train import train
 from tests.conftest import compose_config, micrograph_overrides, quick_overrides, run_cli, scalars
@@ -117,9 +116,9 @@ def test_predict_logs_top5_and_saves_the_picture(trained, tiny_root, tmp_path, c
     datamodule = datamodule_from_checkpoint(checkpoint, {"backend": "pil"})
     datamodule.setup("validate")
     val = datamodule.datasets["val"]
-    x, label = val[[p for p, _ in val.samples].index(str(image))]
+    square, label = val[[p for p, _ in val.samples].index(str(image))]
     with torch.inference_mode():
-        probs = model(x.unsqueeze(0)).softmax(-1)[0]
+        probs = model(datamodule.transform(square[None], "val")).softmax(-1)[0]
     top = probs.topk(5)
     expected = [(model.class_names[i], float(p)) for p, i in zip(*top, strict=True)]
     assert [name for name, _ in result["top"]] == [name for name, _ in expected]
@@ -144,10 +143,19 @@ def test_predict_ten_crop_averages_the_softmax_over_ten_crops(trained, tiny_root
     assert top[True] != top[False]
     model, checkpoint = load_classifier(ckpt)
     data = checkpoint["datamodule_hyper_parameters"]
-    sizes = [data[k] for k in ("resize_size", "crop_size", "mean", "std", "input_scale")]
+    # torchvision's per-image transforms, as an independent reference
+    per_image = v2.Compose(
+        [
+            v2.Resize(data["resize_size"]),
+            v2.CenterCrop(data["resize_size"]),
+            v2.TenCrop(data["crop_size"]),
+            lambda crops: torch.stack([v2.functional.pil_to_tensor(c) for c in crops]),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(data["mean"], data["std"]),
+        ]
+    )
     with torch.inference_mode():
-        crops = eval_transform(*sizes, ten_crop=True)(load_rgb(image))
-        probs = model(crops).softmax(-1).mean(0)
+        probs = model(per_image(load_rgb(image))).softmax(-1).mean(0)
     expected = {name: float(p) for name, p in zip(model.class_names, probs, strict=True)}
     assert top[True] == pytest.approx(expected, abs=1e-6)
     with pytest.raises(ValueError, match="ten_crop='often'"):
@@ -197,18 +205,3 @@ def test_paper_schedule_cuts_the_rate_then_stops(train_config):
     curves = scalars(Path(cfg.paths.output_dir))
     assert len(curves["val/error"]) == 3
     assert curves["lr-SGD"] == pytest.approx([1e-6, 1e-6, 1e-7])
-
-
-def test_a_checkpoint_from_before_a_data_key_existed_resumes_and_evaluates(
-    trained, train_config, tmp_path
-):
-    cfg, _, _ = trained
-    checkpoint = torch.load(
-        Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False
-    )
-    for key in ("pca_noise", "train_crop", "augment_val"):
-        del checkpoint["datamodule_hyper_parameters"][key]
-    old = tmp_path / "old.ckpt"
-    torch.save(checkpoint, old)
-    evaluate(compose_config("eval", [f"ckpt_path={old}", "trainer.accelerator=cpu"], tmp_path))
-    train(train_config(f"ckpt_path={old}", "trainer.max_epochs=3", "test=false"))

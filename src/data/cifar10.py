@@ -5,11 +5,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, VisionDataset
-from torchvision.transforms import v2
 
 from src.data.datamodule import ImageFolderDataModule
+from src.data.images import square
 from src.utils import ConfigError, MissingFileError
 
 CLASSES: tuple[str, ...] = (
@@ -46,11 +48,13 @@ def load_batch(path: Path) -> dict[str, Any]:
 class CIFAR10Files(CIFAR10):
     """torchvision's CIFAR-10 dataset, read with an unpickler that only builds arrays, and
     checking that the files exist instead of their checksums, so any copy in the same format
-    (a subset, a re-packed archive, a test's tiny batches) loads."""
+    (a subset, a re-packed archive, a test's tiny batches) loads. Its images are delivered as
+    the uint8 (3, S, S) squares every data module delivers, resized only where S is not 32."""
 
-    def __init__(self, root: str, train: bool = True, transform: Any = None) -> None:
-        VisionDataset.__init__(self, root, transform=transform)
+    def __init__(self, root: str, train: bool = True, resize_size: int = 32) -> None:
+        VisionDataset.__init__(self, root)
         self.train = train
+        self.resize_size = resize_size
         folder = Path(root, self.base_folder)
         batches = [
             load_batch(folder / name) for name, _ in (self.train_list if train else self.test_list)
@@ -61,6 +65,14 @@ class CIFAR10Files(CIFAR10):
         self.targets = [label for b in batches for label in b["labels"]]
         self.classes = load_batch(folder / self.meta["filename"])[self.meta["key"]]
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        pixels = self.data[i]
+        if self.resize_size != pixels.shape[0]:
+            return torch.from_numpy(
+                square(Image.fromarray(pixels), self.resize_size)
+            ), self.targets[i]
+        return torch.from_numpy(pixels).permute(2, 0, 1), self.targets[i]
 
 
 def missing_files(root: str | Path) -> list[Path]:
@@ -88,9 +100,9 @@ class CIFAR10DataModule(ImageFolderDataModule):
         **kwargs: Any,
     ) -> None:
         if kwargs.get("backend", "pil") != "pil":
-            raise ValueError(
-                "data.backend=cache reads image folders; CIFAR-10's images are already decoded "
-                "arrays in memory: use data.backend=pil"
+            raise ConfigError(
+                f"data.backend={kwargs['backend']!r}: the cache holds decoded image folders, and "
+                "CIFAR-10's images are already decoded arrays in memory; use data.backend=pil"
             )
         super().__init__(
             root=root, resize_size=resize_size, crop_size=crop_size, mean=mean, std=std, **kwargs
@@ -123,10 +135,9 @@ class CIFAR10DataModule(ImageFolderDataModule):
             f"'{self.root}'), or run with data.download=true where the network allows."
         )
 
-    def make_datasets(self, transforms: dict[str, v2.Compose]) -> dict[str, Dataset]:
+    def make_datasets(self) -> dict[str, Dataset]:
         self._require_files()
-        root = str(self.root)
-        return {
-            split: CIFAR10Files(root, train=split == "train", transform=transform)
-            for split, transform in transforms.items()
-        }
+        size = self.hparams.resize_size
+        train = CIFAR10Files(str(self.root), train=True, resize_size=size)
+        test = CIFAR10Files(str(self.root), train=False, resize_size=size)
+        return {"train": train, "val": test, "test": test}

@@ -1,7 +1,6 @@
 """DataModules: any folder of class folders, split by hand or not, and the built-in synthetic
 micrographs."""
 
-import inspect
 import json
 import logging
 import math
@@ -9,43 +8,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import get_class
 from lightning import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.transforms import v2
 
-from src.data.cache import CachedImages, ImageSet, as_batch, cache_folder, ensure_cache
-from src.data.gpu_augment import (
-    centre_crop,
-    normalise,
-    random_crops,
-    random_resized_crops,
-    ten_crops,
-)
-from src.data.images import find_bad_images, load_rgb, root_record
-from src.data.micrographs import CLASSES, ensure_micrographs
-from src.data.splits import (
-    SPLITS,
-    check_unchanged,
-    flat_image_sets,
-    make_split,
-    note_new_split,
-)
-from src.data.statistics import KEYS, pca_offsets, pixel_mean_image, training_statistics
-from src.data.transforms import (
+from src.data.batch_transform import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     INPUT_SCALES,
     TRAIN_CROPS,
-    ColourNoise,
-    eval_transform,
-    offset_scale,
-    train_transform,
+    BatchTransform,
 )
-from src.utils import ConfigError, MissingFileError, UserError, contradictions
+from src.data.cache import CachedImages, as_batch, cache_folder, ensure_cache
+from src.data.folders import ImageSet, check_image_folder, is_flat
+from src.data.images import find_bad_images, load_square, root_record
+from src.data.splits import check_unchanged, flat_image_sets, make_split, note_new_split
+from src.data.statistics import KEYS, training_statistics
+from src.utils import ConfigError, UserError
 from src.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -54,13 +34,6 @@ log = logging.getLogger(__name__)
 # pil: decode, resize and augment every image in the loader's workers (torchvision transforms);
 # cache: decode once into a memory-mapped cache, augment whole batches on the model's device.
 BACKENDS = ("pil", "cache")
-
-# What evaluating or resuming may change about a checkpoint's data: where the files are and how
-# they are loaded, never what the model sees.
-CHANGEABLE_DATA_KEYS = (
-    "root", "batch_size", "num_workers", "pin_memory", "persistent_workers", "ten_crop",
-    "cache_dir", "skip_bad_images", "backend",
-)  # fmt: skip
 
 
 class BadImagesError(UserError):
@@ -115,101 +88,21 @@ def check_data_config(hp: Any) -> None:
         )
 
 
-def class_folders(split_dir: Path) -> list[str]:
-    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+class SquareImages(Dataset):
+    """The ``pil`` backend: an ImageSet's files (less those in ``skip``) decoded in the loader's
+    workers every epoch into the same uint8 (3, S, S) squares the cache holds."""
 
-
-def is_flat(root: Path) -> bool:
-    """A folder of class folders, split by the data module; train/, val/ or test/ in it mark a
-    tree split by hand."""
-    return not any((root / split).is_dir() for split in SPLITS)
-
-
-def check_image_folder(root: str | Path) -> list[str]:
-    """Validate ``root/<class>/<images>`` or ``root/{train,val[,test]}/<class>/<images>`` and
-    return the class names, with an error that says what to change for each way a tree can be
-    wrong."""
-    root = Path(root)
-    if not root.is_dir():
-        raise MissingFileError(
-            f"Data root '{root}' does not exist. Point data.root at a folder with one folder of "
-            "images per class (or with train/ and val/ sub-folders that each hold them), or use "
-            "the built-in data set with data=micrographs."
-        )
-    if is_flat(root):
-        classes = class_folders(root)
-        if not classes:
-            raise MissingFileError(
-                f"Data root '{root}' has no class folders: it needs one folder of images per "
-                "class, or train/ and val/ (and optionally test/) sub-folders that each hold them."
-            )
-        check_has_images([root / name for name in classes])
-        return classes
-    splits = [s for s in SPLITS if (root / s).is_dir()]
-    missing = {"train", "val"} - set(splits)
-    if missing:
-        raise MissingFileError(
-            f"Data root '{root}' has no {' or '.join(sorted(missing))}/ folder: it needs train/ "
-            "and val/ (and optionally test/), each with one folder of images per class."
-        )
-    classes = class_folders(root / "train")
-    if not classes:
-        raise MissingFileError(f"'{root / 'train'}' has no class folders.")
-    for split in splits[1:]:
-        other = class_folders(root / split)
-        if other != classes:
-            only_train = sorted(set(classes) - set(other))
-            only_other = sorted(set(other) - set(classes))
-            raise ConfigError(
-                f"Class folders differ between '{root / 'train'}' and '{root / split}': "
-                f"only in train: {only_train}; only in {split}: {only_other}. "
-                "Every split needs the same class folders."
-            )
-    folders = [root / split / name for split in splits for name in classes]
-    check_has_images(folders, " from every split")
-    return classes
-
-
-def check_has_images(folders: list[Path], where: str = "") -> None:
-    for folder in folders:
-        if not any(p.suffix.lower() in IMG_EXTENSIONS for p in folder.iterdir()):
-            raise MissingFileError(
-                f"Class folder '{folder}' has no images ({', '.join(IMG_EXTENSIONS)}). "
-                f"Add images or remove the folder{where}."
-            )
-
-
-def write_class_indices(classes: list[str], path: str | Path) -> Path:
-    """``{"0": "10.0", ...}``: label index to class name, the file prediction scripts expect."""
-    return atomic_write(path, json.dumps(dict(enumerate(classes)), indent=2))
-
-
-def image_files(split_dir: Path, classes: list[str]) -> list[Path]:
-    """The files ImageFolder would read from ``split_dir``, in its order."""
-    return [
-        p
-        for name in classes
-        for p in sorted((split_dir / name).rglob("*"))
-        if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS
-    ]
-
-
-class ImageFiles(Dataset):
-    """ImageFolder over an ImageSet (a split folder's images or a flat folder's file list),
-    without the files in ``skip``."""
-
-    def __init__(self, images: ImageSet, transform: v2.Compose, skip: set[str]) -> None:
-        self.root = str(images.base)
+    def __init__(self, images: ImageSet, resize_size: int, skip: set[str]) -> None:
         self.classes = images.classes
         self.samples = [(path, label) for path, label in images.samples if path not in skip]
-        self.transform = transform
+        self.resize_size = resize_size
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[Any, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]
-        return self.transform(load_rgb(path)), label
+        return torch.from_numpy(load_square(path, self.resize_size)), label
 
 
 class ImageFolderDataModule(LightningDataModule):
@@ -220,9 +113,10 @@ class ImageFolderDataModule(LightningDataModule):
     ``batch_size`` is the global batch: each of the trainer's devices gets an equal share, as the
     paper's batch of 128 was split over its two GPUs.
 
-    ``backend="cache"`` decodes every split once into ``cache_dir`` (see src/data/cache.py) and
-    crops, flips and normalises whole batches in ``on_after_batch_transfer``, on the device the
-    model runs on; ``"pil"`` does all of it per image in the loader's workers.
+    Both backends deliver uint8 squares of ``resize_size``: ``"cache"`` from a memory map built
+    once in ``cache_dir`` (src/data/cache.py), ``"pil"`` decoded in the loader's workers every
+    epoch. ``on_after_batch_transfer`` then crops, flips and normalises whole batches with the one
+    ``BatchTransform``, on the device the model runs on.
     """
 
     def __init__(
@@ -268,11 +162,12 @@ class ImageFolderDataModule(LightningDataModule):
         # Training-set pixel statistics (src/data/statistics.py), only where a setting needs
         # them; checkpoints carry them (state_dict), so evaluation never measures other data.
         self.statistics: dict[str, torch.Tensor] | None = None
-        self._device_mean_image: torch.Tensor | None = None
+        self.transform: BatchTransform | None = None
         # A flat folder's split, relative paths per split: made by a new run, carried by its
         # checkpoints (state_dict), so evaluation and resuming read the very same files.
         self.split: dict[str, list[str]] | None = None
         self.split_origin = "at the start of this run"
+        self._image_sets: dict[str, ImageSet] | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -291,18 +186,22 @@ class ImageFolderDataModule(LightningDataModule):
         return {"train": self.root / "train", "val": self.root / "val", "test": self.root / test}
 
     def split_images(self) -> dict[str, ImageSet]:
-        """The images each stage reads, in either layout: test falls back to val."""
-        classes = check_image_folder(self.root)
-        if is_flat(self.root):
-            return flat_image_sets(self.root, classes, self.flat_split(classes))
-        folders = self.split_folders()
-        listed = {folder: ImageSet.of_folder(folder) for folder in set(folders.values())}
-        return {split: listed[folder] for split, folder in folders.items()}
+        """The images each stage reads, in either layout (test falls back to val), listed once."""
+        if self._image_sets is None:
+            classes = check_image_folder(self.root)
+            if is_flat(self.root):
+                listed = ImageSet.of_folder(self.root)
+                split = self.flat_split(listed.relative_paths())
+                self._image_sets = flat_image_sets(self.root, classes, split)
+            else:
+                folders = self.split_folders()
+                listed = {folder: ImageSet.of_folder(folder) for folder in set(folders.values())}
+                self._image_sets = {split: listed[folder] for split, folder in folders.items()}
+        return self._image_sets
 
-    def flat_split(self, classes: list[str]) -> dict[str, list[str]]:
+    def flat_split(self, files: list[str]) -> dict[str, list[str]]:
         """The split already made (by a checkpoint's run or earlier in this one), which the
         folder must still match, or a new one."""
-        files = [p.relative_to(self.root).as_posix() for p in image_files(self.root, classes)]
         if self.split is not None:
             check_unchanged(self.root, self.split, files, self.split_origin)
             return self.split
@@ -362,14 +261,6 @@ class ImageFolderDataModule(LightningDataModule):
         train = self.split_images()["train"]
         self.statistics = training_statistics(train, hp.cache_dir, hp.resize_size, unreadable)
 
-    def make_cached_datasets(self) -> dict[str, Dataset]:
-        self.find_bad_images()
-        hp = self.hparams
-        return {
-            split: CachedImages(cache_folder(images, hp.cache_dir, hp.resize_size))
-            for split, images in self.split_images().items()
-        }
-
     def per_device_batch_size(self) -> int:
         world = self.trainer.world_size if self.trainer is not None else 1
         if self.hparams.batch_size % world:
@@ -380,37 +271,17 @@ class ImageFolderDataModule(LightningDataModule):
             )
         return self.hparams.batch_size // world
 
-    def colour_noise(self) -> ColourNoise | None:
-        hp = self.hparams
-        if not hp.pca_noise:
-            return None
-        eigvals, eigvecs = self.statistics["eigvals"], self.statistics["eigvecs"]
-        return ColourNoise(eigvals, eigvecs, hp.pca_noise, hp.std, hp.input_scale)
-
-    def transforms(self) -> dict[str, v2.Compose]:
-        hp = self.hparams
-        sizes = (hp.resize_size, hp.crop_size, hp.mean, hp.std, hp.input_scale)
-        mean_image = self.statistics["mean_image"] if hp.input_scale == "mean_image" else None
-        evaluate = eval_transform(*sizes, mean_image=mean_image)
-        noise = self.colour_noise()
-        if hp.augment:
-            train = train_transform(
-                *sizes, train_crop=hp.train_crop, mean_image=mean_image, colour_noise=noise
-            )
-        else:
-            train = v2.Compose([*evaluate.transforms, *([noise] if noise else [])])
-        transforms = {"train": train}
-        for split in ("val", "test"):
-            if split in self.ten_crop_splits:
-                transforms[split] = eval_transform(*sizes, ten_crop=True, mean_image=mean_image)
-            else:
-                transforms[split] = train if hp.augment_val else evaluate
-        return transforms
-
-    def make_datasets(self, transforms: dict[str, v2.Compose]) -> dict[str, Dataset]:
+    def make_datasets(self) -> dict[str, Dataset]:
+        """uint8 squares of every split, from the cache or decoded by the workers."""
         bad = {str(p) for p in self.find_bad_images()}
+        hp = self.hparams
+        if hp.backend == "cache":
+            return {
+                split: CachedImages(cache_folder(images, hp.cache_dir, hp.resize_size))
+                for split, images in self.split_images().items()
+            }
         return {
-            split: ImageFiles(images, transforms[split], bad)
+            split: SquareImages(images, hp.resize_size, bad)
             for split, images in self.split_images().items()
         }
 
@@ -421,10 +292,8 @@ class ImageFolderDataModule(LightningDataModule):
                 self.train_generator.set_state(self._generator_state)
         self.batch_size_per_device = self.per_device_batch_size()
         self.ensure_statistics()
-        if self.hparams.backend == "cache":
-            self.datasets = self.make_cached_datasets()
-        else:
-            self.datasets = self.make_datasets(self.transforms())
+        self.transform = BatchTransform.from_settings(self.hparams, self.statistics)
+        self.datasets = self.make_datasets()
         found = self.datasets["train"].classes
         if found != self.classes:
             # Labels are folder indices: names in any other order would mislabel predictions.
@@ -444,12 +313,13 @@ class ImageFolderDataModule(LightningDataModule):
             split_file = Path(trainer.default_root_dir) / "split.json"
             atomic_write(split_file, json.dumps(self.split, indent=1))
 
-    def _loader(self, split: str, **kwargs: Any) -> DataLoader:
+    def loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
+        """A loader of uint8 batches over one of this module's datasets (or a part of one)."""
         hp = self.hparams
-        if hp.backend == "cache":
+        if isinstance(dataset, CachedImages):
             kwargs["collate_fn"] = as_batch
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size_per_device,
             num_workers=hp.num_workers,
             pin_memory=hp.pin_memory and torch.cuda.is_available(),
@@ -459,7 +329,7 @@ class ImageFolderDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # Fresh workers every epoch, seeded from train_generator: persistent workers would carry
         # random states of their own across epochs, which no checkpoint holds.
-        return self._loader("train", shuffle=True, generator=self.train_generator)
+        return self.loader(self.datasets["train"], shuffle=True, generator=self.train_generator)
 
     def state_dict(self) -> dict[str, Any]:
         state = {"train_generator": self.train_generator.get_state()}
@@ -476,7 +346,6 @@ class ImageFolderDataModule(LightningDataModule):
             self.train_generator.set_state(state_dict["train_generator"])
         if all(k in state_dict for k in KEYS):
             self.statistics = {k: state_dict[k] for k in KEYS}
-            self._device_mean_image = None
             log.info("Pixel statistics taken from the checkpoint")
         if "split" in state_dict:
             self.split = {name: list(paths) for name, paths in state_dict["split"].items()}
@@ -493,14 +362,14 @@ class ImageFolderDataModule(LightningDataModule):
             "generator": torch.Generator().manual_seed(0),
         }
         if trainer is None or trainer.world_size == 1:
-            return self._loader(split, **fixed)
+            return self.loader(self.datasets[split], **fixed)
         sampler = UnrepeatedDistributedSampler(
             self.datasets[split],
             num_replicas=trainer.world_size,
             rank=trainer.global_rank,
             shuffle=False,
         )
-        return self._loader(split, sampler=sampler, **fixed)
+        return self.loader(self.datasets[split], sampler=sampler, **fixed)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
@@ -508,137 +377,12 @@ class ImageFolderDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
 
-    def device_transform(
-        self, images: torch.Tensor, stage: str, channels_last: bool = False
-    ) -> torch.Tensor:
-        """What the pil path's per-image transforms do, done on a whole uint8 (B, 3, S, S) batch
-        of the cache wherever it is: random crops and flips for ``train`` (and with
-        ``augment_val`` for ``val`` and ``test``), ten crops for ``ten_crop_splits``, the centre
-        crop otherwise, then normalisation. The mean image is subtracted before cropping, the
-        colour noise added after normalisation."""
-        hp = self.hparams
-        if hp.input_scale == "mean_image":
-            images = images.to(torch.float32) - self.device_mean_image(images.device)
-        if stage in self.ten_crop_splits:
-            images = ten_crops(images, hp.crop_size)
-        elif hp.augment and (stage == "train" or hp.augment_val):
-            crops = random_crops if hp.train_crop == "random" else random_resized_crops
-            images = crops(images, hp.crop_size)
-        else:
-            images = centre_crop(images, hp.crop_size)
-        offset = None
-        if stage == "train" and hp.pca_noise:
-            stats = self.statistics
-            offset = pca_offsets(len(images), stats["eigvals"], stats["eigvecs"], hp.pca_noise)
-            offset = offset * offset_scale(hp.std, hp.input_scale)
-        return normalise(
-            images, hp.mean, hp.std, hp.input_scale, offset=offset, channels_last=channels_last
-        )
-
-    def device_mean_image(self, device: torch.device) -> torch.Tensor:
-        """The 0-255 mean image on ``device``, moved there once."""
-        if self._device_mean_image is None or self._device_mean_image.device != device:
-            mean_image = pixel_mean_image(self.statistics["mean_image"])
-            self._device_mean_image = mean_image.to(device)
-        return self._device_mean_image
-
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """With the cache backend, the batch is transformed here, on the model's device."""
-        if self.hparams.backend != "cache":
-            return batch
+        """The one batch transform, on the device the model runs on."""
         images, labels = batch
         trainer = self.trainer
         stage = "train" if trainer.training else "test" if trainer.testing else "val"
         # born in the memory format the model asks for (model.channels_last)
         channels_last = trainer.lightning_module.hparams.get("channels_last", False)
-        return self.device_transform(images, stage, channels_last), labels
-
-
-class MicrographDataModule(ImageFolderDataModule):
-    """The built-in data set: synthetic grain micrographs in the 14 grain-size classes, generated
-    under ``root`` on first use (by one process only) and reused afterwards."""
-
-    def __init__(
-        self,
-        root: str = "data/micrographs",
-        train_per_class: int = 100,
-        val_per_class: int = 20,
-        test_per_class: int = 20,
-        image_size: int = 128,
-        seed: int = 0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(root=root, **kwargs)
-        self.save_hyperparameters(logger=False)
-
-    @property
-    def classes(self) -> list[str]:
-        # ImageFolder's label order (sorted folder names), known before the tree is generated
-        return sorted(CLASSES)
-
-    def prepare_data(self) -> None:
-        hp = self.hparams
-        ensure_micrographs(
-            self.root,
-            train_per_class=hp.train_per_class,
-            val_per_class=hp.val_per_class,
-            test_per_class=hp.test_per_class,
-            image_size=hp.image_size,
-            seed=hp.seed,
-        )
-        super().prepare_data()
-
-
-def saved_data_settings(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The data settings a checkpoint was trained with; a key added to the data module since
-    it was written takes its default, which is what the run had before the key existed."""
-    saved = dict(checkpoint.get("datamodule_hyper_parameters", {}))
-    target = checkpoint.get("datamodule_target")
-    if target is None:
-        return saved
-    defaults = {
-        name: parameter.default
-        for kind in reversed(get_class(target).__mro__)
-        if issubclass(kind, LightningDataModule) and kind is not LightningDataModule
-        for name, parameter in inspect.signature(kind.__init__).parameters.items()
-        if parameter.default is not inspect.Parameter.empty
-    }
-    return defaults | saved
-
-
-def datamodule_from_checkpoint(
-    checkpoint: dict[str, Any], requested: dict[str, Any]
-) -> LightningDataModule:
-    """The data module a checkpoint was trained with, its preprocessing included, with only
-    ``CHANGEABLE_DATA_KEYS`` taken from ``requested`` (the command line); any other requested
-    value that differs from the checkpoint is refused, naming the key."""
-    saved = saved_data_settings(checkpoint)
-    target = checkpoint["datamodule_target"]
-    conflicts = contradictions("data", requested, saved, CHANGEABLE_DATA_KEYS)
-    if requested.get("_target_") not in (None, target):
-        conflicts.insert(0, f"data._target_={requested['_target_']} (the checkpoint has {target})")
-    if conflicts:
-        raise ConfigError(
-            "The data settings contradict the checkpoint, whose preprocessing evaluation must "
-            f"use: {'; '.join(conflicts)}. Drop them; only "
-            f"{', '.join('data.' + k for k in CHANGEABLE_DATA_KEYS)} may differ."
-        )
-    saved |= {k: v for k, v in requested.items() if k in CHANGEABLE_DATA_KEYS and v is not None}
-    datamodule = get_class(target)(**saved)
-    restore_datamodule(datamodule, checkpoint)
-    return datamodule
-
-
-def datamodule_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The data module's ``state_dict`` in a checkpoint (Lightning files it under the class
-    name): the training generator and, where used, the training statistics and a flat folder's
-    split."""
-    return checkpoint.get(checkpoint["datamodule_target"].rsplit(".", 1)[-1], {})
-
-
-def restore_datamodule(datamodule: LightningDataModule, checkpoint: dict[str, Any]) -> None:
-    """The checkpoint's data state, before prepare_data and setup: they read its split (a
-    resumed fit restores the state only after setup)."""
-    state = datamodule_state(checkpoint)
-    if state:
-        datamodule.load_state_dict(state)
+        ten_crop = stage in self.ten_crop_splits
+        return self.transform(images, stage, ten_crop, channels_last), labels

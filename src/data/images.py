@@ -1,4 +1,5 @@
-"""One image loader for training, caches and prediction, and a check of every file before
+"""The one image loader and lister: every file found the same way, decoded to 8-bit RGB and
+turned into the uint8 square that both input paths deliver, and a check of every file before
 training starts."""
 
 import hashlib
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from src.utils.io import atomic_write
 
@@ -39,6 +41,36 @@ def load_rgb(path: str | Path) -> Image.Image:
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             return Image.alpha_composite(white, rgba).convert("RGB")
         return image.convert("RGB")
+
+
+def square(image: Image.Image, size: int) -> np.ndarray:
+    """uint8 (3, S, S): the short side resized to ``size`` (bilinear, antialiased), then the
+    centre square: ``v2.Resize(size)`` + ``v2.CenterCrop(size)`` pixel for pixel, without their
+    per-call overhead. Channels first, as the network takes them: per-image crops of a batch
+    then copy whole rows (20x faster than from channels-last, measured on the CPU)."""
+    width, height = image.size
+    short, long = sorted((width, height))
+    # torchvision's rounding of the long side (int, not round), so both agree on every pixel
+    scaled = (size, int(size * long / short))
+    new_w, new_h = scaled if width <= height else scaled[::-1]
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), Image.BILINEAR)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    pixels = np.asarray(image)[top : top + size, left : left + size]
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def load_square(path: str | Path, size: int) -> np.ndarray:
+    """The uint8 (3, S, S) square of a file, as both input paths deliver it."""
+    return square(load_rgb(path), size)
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Every image file under ``folder``, at any depth, sorted by path: the one way this project
+    lists images (class folders, flat folders, caches, prediction)."""
+    return sorted(
+        p for p in Path(folder).rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file()
+    )
 
 
 def problem_with(path: str | Path) -> str | None:

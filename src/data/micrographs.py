@@ -29,6 +29,7 @@ from PIL import Image
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from src.data.datamodule import ImageFolderDataModule
 from src.utils import usable_cpus
 
 log = logging.getLogger(__name__)
@@ -339,3 +340,38 @@ def ensure_micrographs(
         if tmp.exists():
             shutil.rmtree(tmp)
     return root
+
+
+class MicrographDataModule(ImageFolderDataModule):
+    """The built-in data set: synthetic grain micrographs in the 14 grain-size classes, generated
+    under ``root`` on first use (by one process only) and reused afterwards."""
+
+    def __init__(
+        self,
+        root: str = "data/micrographs",
+        train_per_class: int = 100,
+        val_per_class: int = 20,
+        test_per_class: int = 20,
+        image_size: int = 128,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root=root, **kwargs)
+        self.save_hyperparameters(logger=False)
+
+    @property
+    def classes(self) -> list[str]:
+        # ImageFolder's label order (sorted folder names), known before the tree is generated
+        return sorted(CLASSES)
+
+    def prepare_data(self) -> None:
+        hp = self.hparams
+        ensure_micrographs(
+            self.root,
+            train_per_class=hp.train_per_class,
+            val_per_class=hp.val_per_class,
+            test_per_class=hp.test_per_class,
+            image_size=hp.image_size,
+            seed=hp.seed,
+        )
+        super().prepare_data()

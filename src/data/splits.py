@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from src.data.cache import ImageSet
+from src.data.folders import SPLITS, ImageSet
 from src.utils import ConfigError, UserError
 from src.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 # files named in a message before the rest are only counted
 SHOWN = 10
 

@@ -2,7 +2,7 @@
 (section 4.1), from a seeded sample of the training split (a folder or a flat folder's file
 list), computed once per data set and resize size and kept as an .npz under ``cache_dir``.
 
-Both input paths see the same pixels: the squares of ``square_pixels``, read from the decode-once
+Both input paths see the same pixels: the squares of ``load_square``, read from the decode-once
 cache where it was built (identical pixels, no second decode).
 """
 
@@ -15,14 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.data.cache import (
-    INDEX,
-    ImageSet,
-    as_image_set,
-    cache_folder,
-    cache_key,
-    square_pixels,
-)
+from src.data.cache import INDEX, cache_folder, cache_key
+from src.data.folders import ImageSet, as_image_set
+from src.data.images import load_square
 from src.utils import usable_cpus
 from src.utils.io import atomic_write
 
@@ -85,7 +80,7 @@ def _chunks(
     with ThreadPoolExecutor(max_workers=min(usable_cpus(), 16)) as pool:
         for start in range(0, len(rows), CHUNK):
             chunk = [train.samples[row][0] for row in rows[start : start + CHUNK]]
-            yield np.stack(list(pool.map(square_pixels, chunk, [resize_size] * len(chunk))))
+            yield np.stack(list(pool.map(load_square, chunk, [resize_size] * len(chunk))))
 
 
 def training_statistics(

@@ -1,70 +1,100 @@
-"""The paper's Figure 4 from any checkpoint: ``python -m src.eval ckpt_path=PATH figures=true``.
+"""Every drawing of the project, as bare matplotlib Figures (no pyplot: no display or global
+state, in a callback, a sweep or a notebook): sample grids, first-layer filters and the confusion
+matrix for TensorBoard, both halves of the paper's Figure 4, its Figure 1, and a prediction."""
 
-Left half: validation images with their five most probable classes. Right half: validation images
-followed by the training images whose penultimate-layer feature vectors (FC7 in AlexNet: the input
-of the network's last Linear layer, so every model preset has one) are nearest in Euclidean
-distance. Training images are taken at their centre crop, without augmentation.
-"""
-
-import logging
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
-from lightning import LightningDataModule
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
-
-from src.callbacks import unnormalise
-from src.data.transforms import eval_transform
-from src.models.classifier import ImageClassifier
-from src.utils.io import write_figure
-
-log = logging.getLogger(__name__)
+from PIL import Image
+from torchvision.utils import make_grid
 
 
-@dataclass
-class Outputs:
-    """Per image of a data set: softmax, penultimate-layer features and the true label."""
-
-    probs: torch.Tensor
-    features: torch.Tensor
-    labels: torch.Tensor
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """The figure rendered as an (H, W, 3) uint8 array, without pyplot."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def last_linear(net: nn.Module) -> nn.Linear:
-    layers = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    if not layers:
-        raise ValueError(f"{type(net).__name__} has no Linear layer to take features from")
-    return layers[-1]
+def labelled_grid(
+    images: torch.Tensor, labels: Sequence[str], nrow: int = 8, min_cell: int = 96
+) -> Figure:
+    """0-1 images in a grid (``make_grid``), each with its label in the top-left corner, at
+    least ``min_cell`` pixels per image so that labels fit on small inputs."""
+    padding = 2
+    grid = make_grid(images.cpu(), nrow=nrow, padding=padding, pad_value=1.0)
+    cell_h, cell_w = images.shape[-2] + padding, images.shape[-1] + padding
+    zoom = max(1.0, min_cell / images.shape[-1])
+    dpi = 100
+    fig = Figure(figsize=(grid.shape[2] * zoom / dpi, grid.shape[1] * zoom / dpi), dpi=dpi)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.axis("off")
+    for i, label in enumerate(labels):
+        row, col = divmod(i, nrow)
+        ax.text(
+            col * cell_w + padding + 1,
+            row * cell_h + padding + 1,
+            label,
+            va="top",
+            fontsize=8,
+            color="white",
+            bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0},
+        )
+    return fig
 
 
-@torch.inference_mode()
-def predict_with_features(
-    model: ImageClassifier, dataset: Dataset, batch_size: int = 64, num_workers: int = 0
-) -> Outputs:
-    """Runs the model over ``dataset`` in eval mode, keeping the last Linear layer's input."""
-    model.eval()
-    device = next(model.parameters()).device
-    features: list[torch.Tensor] = []
-    hook = last_linear(model.net).register_forward_hook(
-        lambda module, args, output: features.append(args[0].flatten(1).cpu())
-    )
-    probs, labels = [], []
-    try:
-        for x, y in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
-            probs.append(model(x.to(device)).softmax(-1).cpu())
-            labels.append(y)
-    finally:
-        hook.remove()
-    return Outputs(torch.cat(probs), torch.cat(features), torch.cat(labels))
+def filter_grid(weight: torch.Tensor, groups: int = 1, nrow: int = 16) -> torch.Tensor:
+    """First-layer kernels as a (3, H, W) 0-1 image like the paper's Figure 3: each kernel
+    scaled to its own min-max, on white. With ``groups=2`` the first and the last half of the
+    kernels (read by the first and the second tower's conv2) are two blocks, one kernel's height
+    apart; kernels are enlarged to about 44 px."""
+    weight = weight.detach().float().cpu()
+    size = weight.shape[-1]
+    blocks = [
+        make_grid(half, nrow=nrow, padding=1, normalize=True, scale_each=True, pad_value=1.0)
+        for half in weight.chunk(groups)
+    ]
+    gap = torch.ones(3, size, blocks[0].shape[2])
+    grid = torch.cat([part for block in blocks for part in (gap, block)][1:], dim=1)
+    scale = max(1, 44 // size)
+    return grid.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
 
 
-def nearest_neighbours(queries: torch.Tensor, pool: torch.Tensor, k: int) -> torch.Tensor:
-    """(len(queries), k) indices into ``pool``, nearest first, by Euclidean distance."""
-    return torch.cdist(queries, pool).topk(min(k, len(pool)), largest=False).indices
+def confusion_matrix_figure(
+    matrix: torch.Tensor, class_names: Sequence[str], title: str = ""
+) -> Figure:
+    """Counts of true (rows) against predicted (columns) classes; with up to 10 classes every
+    cell shows its count (the numbers cost as much as the rest of the drawing), with up to 50
+    the axes name every class."""
+    counts = matrix.cpu().numpy()
+    n = len(class_names)
+    side = min(max(4.0, 0.4 * n + 1.5), 14.0)
+    fig = Figure(figsize=(side, side), dpi=80)
+    # fixed margins: a constrained layout costs about as much as the drawing, every epoch
+    margin = 1.2 / side
+    fig.subplots_adjust(left=margin, bottom=margin, right=0.98, top=1 - 0.5 / side)
+    ax = fig.subplots()
+    ax.imshow(counts, cmap="Blues")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize=10)
+    if n <= 50:
+        ticks = range(n)
+        ax.set_xticks(ticks, class_names, rotation=90, fontsize=8)
+        ax.set_yticks(ticks, class_names, fontsize=8)
+    if n <= 10:
+        dark = counts.max() / 2
+        for (row, col), count in np.ndenumerate(counts):
+            if count:
+                color = "white" if count > dark else "black"
+                ax.text(col, row, str(count), ha="center", va="center", fontsize=7, color=color)
+    return fig
 
 
 def top5_figure(
@@ -116,55 +146,56 @@ def neighbours_figure(
     return fig
 
 
-def figure4(
-    model: ImageClassifier,
-    datamodule: LightningDataModule,
-    n_images: int = 5,
-    n_neighbours: int = 6,
-) -> dict[str, Figure]:
-    """Both halves of Figure 4 for ``n_images`` validation images spread over the split:
-    ``{"top5": ..., "neighbours": ...}``."""
-    data = datamodule.hparams
-    datamodule.prepare_data()
-    centre_crop = eval_transform(
-        data.resize_size, data.crop_size, data.mean, data.std, data.input_scale
-    )
-    splits = datamodule.make_datasets(dict.fromkeys(("train", "val", "test"), centre_crop))
-    train, val = splits["train"], splits["val"]
-    names = model.class_names
-
-    def pixels(dataset: Dataset, indices: torch.Tensor) -> torch.Tensor:
-        images = torch.stack([dataset[i][0] for i in indices.tolist()])
-        return unnormalise(images, data.mean, data.std, data.input_scale)
-
-    loader_args = {"batch_size": data.batch_size, "num_workers": data.num_workers}
-    picked = torch.linspace(0, len(val) - 1, min(n_images, len(val))).long()
-    queries = predict_with_features(model, Subset(val, picked), **loader_args)
-    pool = predict_with_features(model, train, **loader_args)
-    nearest = nearest_neighbours(queries.features, pool.features, n_neighbours)
-
-    query_pixels = pixels(val, picked)
-    neighbour_pixels = pixels(train, nearest.flatten()).unflatten(0, nearest.shape)
-    return {
-        "top5": top5_figure(query_pixels, queries.probs, queries.labels, names),
-        "neighbours": neighbours_figure(
-            query_pixels,
-            [names[i] for i in queries.labels.tolist()],
-            neighbour_pixels,
-            [[names[pool.labels[i]] for i in row] for row in nearest.tolist()],
-        ),
-    }
+# activation: (colour, line style) in Figure 1
+STYLES = {"relu": ("tab:blue", "-"), "tanh": ("tab:red", "--")}
 
 
-def write_figure4(
-    model: ImageClassifier, datamodule: LightningDataModule, output_dir: str | Path
-) -> dict[str, Path]:
-    """Saves ``figure4_top5.png`` and ``figure4_neighbours.png``; returns their paths."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, fig in figure4(model, datamodule).items():
-        paths[name] = output_dir / f"figure4_{name}.png"
-        write_figure(fig, paths[name])
-    log.info("figure 4: %s, %s", paths["top5"], paths["neighbours"])
-    return paths
+def figure1(runs: Sequence[Any], summary: dict[str, Any]) -> Figure:
+    """Training error per epoch of a ReLU vs tanh sweep's runs (``relu_vs_tanh.Run``): ReLU
+    solid, tanh dashed, the chosen rates bold, the others faint, the target dotted; one panel
+    per condition."""
+    conditions = list(summary["conditions"])
+    cols = min(len(conditions), 4)
+    rows = math.ceil(len(conditions) / cols)
+    fig = Figure(figsize=(5 * cols, 4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
+    target = summary["target_train_error"]
+    for ax, condition in zip(axes.flat, conditions, strict=False):
+        entry = summary["conditions"][condition]
+        for run in (r for r in runs if r.condition == condition):
+            color, style = STYLES.get(run.activation, ("tab:gray", ":"))
+            chosen = run.name in entry.get(run.activation, {}).get("runs", [])
+            epochs = range(1, len(run.errors) + 1)
+            ax.plot(
+                epochs,
+                run.errors,
+                style,
+                color=color,
+                lw=2.5 if chosen else 1.0,
+                alpha=1.0 if chosen else 0.3,
+                label=f"{run.activation} lr={run.lr:g}" + (" (chosen)" if chosen else ""),
+            )
+        ax.axhline(target, color="black", ls=":", lw=1, label=f"target {target:.0%}")
+        ratio = entry.get("speedup_tanh_over_relu", {}).get("text", "-")
+        ax.set_title(f"{condition}\ntanh / ReLU epochs: {ratio}", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(conditions) :]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("training error")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=False))
+    axes[0, 0].legend(unique.values(), unique.keys(), fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def prediction_figure(image: Image.Image, title: str) -> Figure:
+    """The image as it was given, titled with its prediction."""
+    fig = Figure(figsize=(4, 4.4))
+    ax = fig.subplots()
+    ax.imshow(image)
+    ax.set_title(title)
+    ax.axis("off")
+    return fig

@@ -14,16 +14,15 @@ import json
 import logging
 import math
 import statistics
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback as HydraCallback
-from lightning import Callback, LightningModule, Trainer
 from omegaconf import DictConfig
 
+from src.experiments.figures import figure1
 from src.experiments.report import log_to_sweep
 from src.experiments.runs import load_jobs
 from src.utils.io import atomic_write, write_figure
@@ -31,18 +30,6 @@ from src.utils.io import atomic_write, write_figure
 log = logging.getLogger(__name__)
 
 ACTIVATIONS = ("relu", "tanh")
-STYLES = {"relu": ("tab:blue", "-"), "tanh": ("tab:red", "--")}
-
-
-class EpochClock(Callback):
-    """Logs ``train/seconds``: wall-clock time since training began (after data preparation and
-    the sanity check), so time to a target error can be read next to the error curve."""
-
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        pl_module.log("train/seconds", time.perf_counter() - self.start)
 
 
 def epochs_to_target(errors: Sequence[float], target: float) -> int | None:
@@ -242,53 +229,6 @@ def summary_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_figure1(
-    runs: Sequence[Run], summary: dict[str, Any], path: str | Path | None = None
-) -> Any:
-    """Training error per epoch: ReLU solid, tanh dashed, the chosen rates bold, the others
-    faint, the target dotted; one panel per condition. Saved to ``path`` when given."""
-    from matplotlib.figure import Figure
-
-    conditions = list(summary["conditions"])
-    cols = min(len(conditions), 4)
-    rows = math.ceil(len(conditions) / cols)
-    # a bare Figure, not pyplot: no display or global state needed, in a sweep or a notebook
-    fig = Figure(figsize=(5 * cols, 4 * rows))
-    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
-    target = summary["target_train_error"]
-    for ax, condition in zip(axes.flat, conditions, strict=False):
-        entry = summary["conditions"][condition]
-        for run in (r for r in runs if r.condition == condition):
-            color, style = STYLES.get(run.activation, ("tab:gray", ":"))
-            chosen = run.name in entry.get(run.activation, {}).get("runs", [])
-            epochs = range(1, len(run.errors) + 1)
-            ax.plot(
-                epochs,
-                run.errors,
-                style,
-                color=color,
-                lw=2.5 if chosen else 1.0,
-                alpha=1.0 if chosen else 0.3,
-                label=f"{run.activation} lr={run.lr:g}" + (" (chosen)" if chosen else ""),
-            )
-        ax.axhline(target, color="black", ls=":", lw=1, label=f"target {target:.0%}")
-        ratio = entry.get("speedup_tanh_over_relu", {}).get("text", "-")
-        ax.set_title(f"{condition}\ntanh / ReLU epochs: {ratio}", fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-    for ax in axes.flat[len(conditions) :]:
-        ax.axis("off")
-    axes[0, 0].set_ylabel("training error")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    unique = dict(zip(labels, handles, strict=False))
-    axes[0, 0].legend(unique.values(), unique.keys(), fontsize=7)
-    fig.tight_layout()
-    if path is not None:
-        write_figure(fig, path, dpi=120)
-    return fig
-
-
 def report(
     sweep_dir: str | Path,
     target: float = 0.25,
@@ -301,7 +241,7 @@ def report(
     if not runs:
         raise FileNotFoundError(f"No runs with TensorBoard train/error events under {sweep_dir}")
     summary = summarise(runs, target)
-    plot_figure1(runs, summary, sweep_dir / figure)
+    write_figure(figure1(runs, summary), sweep_dir / figure, dpi=120)
     atomic_write(sweep_dir / "results.json", json.dumps(summary, indent=2))
     table = summary_table(summary)
     atomic_write(sweep_dir / "results.md", f"# ReLU vs tanh: the paper's Figure 1\n\n{table}\n")

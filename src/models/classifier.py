@@ -2,13 +2,10 @@
 
 import logging
 import math
-import random
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from hydra.utils import get_class
@@ -17,18 +14,16 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from src.checkpoints import set_random_states, stamp
+from src.data.batch_transform import CENTRE_CROP
 from src.models.pretrained import (
     check_torchvision_layout,
     load_torchvision_alexnet,
     read_torchvision_state_dict,
 )
 from src.utils import ConfigError, UserError
-from src.utils.io import load_checkpoint
 
 STAGES = ("train", "val", "test")
-# where the centre crop is among the ten crops of an image (v2.TenCrop: four corners, the centre,
-# then the same of the mirror image)
-CENTRE_CROP = 4
 log = logging.getLogger(__name__)
 
 
@@ -117,29 +112,6 @@ def min_input_size(net: nn.Module) -> int:
     return next(size for size in range(1, 4096) if fits(size))
 
 
-def random_states() -> dict[str, Any]:
-    """Every random generator of this process as tensors and plain lists (loadable with
-    ``weights_only=True``)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, python_state, python_gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-        "python": [version, list(python_state), python_gauss],
-    }
-
-
-def set_random_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    kind, keys, pos, has_gauss, gauss = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, python_state, python_gauss = states["python"]
-    random.setstate((version, tuple(python_state), python_gauss))
-
-
 class ImageClassifier(LightningModule):
     """Wraps the network named by ``arch``, built with ``num_classes=len(class_names)`` and the
     remaining keyword arguments, so a checkpoint alone rebuilds the model and knows its classes.
@@ -166,19 +138,21 @@ class ImageClassifier(LightningModule):
         compile: bool = False,
         channels_last: bool = False,
         pretrained: str | None = None,
-        freeze: Sequence[str] | None = None,
+        freeze: Sequence[str] = (),
         lr_mult: Mapping[str, float] | None = None,
         **arch_kwargs: Any,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
+        # one empty value each, as checkpoints record them (null on the command line is unset)
+        self.hparams.update(freeze=list(freeze or []), lr_mult=dict(lr_mult or {}))
         check_optimizer(optimizer)
         if pretrained is not None:
             check_torchvision_layout(arch, arch_kwargs)
         self.class_names = list(class_names)
         self.net: nn.Module = get_class(arch)(num_classes=len(self.class_names), **arch_kwargs)
-        freeze_modules(self.net, freeze or [])
-        self.lr_mult = dict(lr_mult or {})
+        freeze_modules(self.net, self.hparams.freeze)
+        self.lr_mult = self.hparams.lr_mult
         self.lr_groups = lr_groups(self.net, self.lr_mult)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -333,15 +307,9 @@ class ImageClassifier(LightningModule):
         self._log_epoch("test")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Saved at the end of an epoch: with the data module's generator, these states decide
-        # everything random in the next epoch (dropout here, the data module's draws there).
-        checkpoint["random_states"] = random_states()
+        stamp(checkpoint, self)  # src/checkpoints.py: what a checkpoint carries
         if self.lr_scheduler is not None:
             checkpoint["lr_scheduler"] = self.lr_scheduler.state_dict()
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        if datamodule is not None:
-            kind = type(datamodule)
-            checkpoint["datamodule_target"] = f"{kind.__module__}.{kind.__qualname__}"
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Applied later: the scheduler does not exist yet, and the sanity check would draw.
@@ -355,7 +323,10 @@ class ImageClassifier(LightningModule):
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
-            raise ValueError("model.optimizer is not set: training needs an optimizer config")
+            raise ConfigError(
+                "model.optimizer is not set: training needs one, e.g. model.optimizer.lr=0.01 "
+                "with the optimizer of conf/model/alexnet.yaml"
+            )
         optimizer = self.optimizer_factory(params=self.param_groups())
         for group in optimizer.param_groups:
             group["lr"] *= group.get("lr_mult", 1)
@@ -380,14 +351,3 @@ class ImageClassifier(LightningModule):
             for name, names in self.lr_groups.items()
             if names
         ]
-
-
-def load_classifier(path: str | Path) -> tuple[ImageClassifier, dict[str, Any]]:
-    """The model of a training checkpoint, in eval mode on the CPU, and the raw checkpoint (which
-    also holds the data module's preprocessing settings)."""
-    checkpoint = load_checkpoint(path)
-    if "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
-        raise UserError(f"'{path}' is not a checkpoint written by src.train")
-    model = ImageClassifier(**checkpoint["hyper_parameters"])
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval(), checkpoint

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,30 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
+# What a required key (``???`` in the configs) looks like when given, for the one-line error.
+EXAMPLES = {
+    "data.root": "data.root=/path/to/dataset",
+    "ckpt_path": "ckpt_path=logs/train/runs/<time>/checkpoints/last.ckpt",
+    "image": "image=path/to/image.jpg (or a folder of images)",
+}
+
+
 def exit_on_user_error(main: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Wrap an entry point's task function: a ``UserError`` is logged (so it reaches the run's log
-    file) and ends the process with status 1 instead of a stack trace."""
+    """Wrap an entry point's task function: a ``UserError``, or a required key left unset, is
+    logged as one line (so it reaches the run's log file) and ends the process with status 1
+    instead of a stack trace."""
 
     @wraps(main)
     def run(cfg: DictConfig) -> Any:
         try:
             return main(cfg)
+        except MissingMandatoryValue as err:
+            key = err.full_key
+            example = EXAMPLES.get(key, f"{key}=VALUE")
+            log.error(
+                "%s is required and not set: give it on the command line, e.g. %s", key, example
+            )
+            raise SystemExit(1) from None
         except Exception as err:
             # Hydra's instantiate wraps errors of the objects it builds: look down the chain.
             cause: BaseException | None = err
@@ -64,19 +81,6 @@ def exit_on_user_error(main: Callable[[DictConfig], Any]) -> Callable[[DictConfi
             raise SystemExit(1) from None
 
     return run
-
-
-def contradictions(
-    section: str, requested: dict[str, Any], saved: dict[str, Any], changeable: tuple[str, ...] = ()
-) -> list[str]:
-    """``section.key=value`` for every requested value that differs from the saved one, except
-    keys in ``changeable``; ``None`` (not set) and Hydra's ``_keys_`` never contradict."""
-    return [
-        f"{section}.{key}={value!r} (the checkpoint has {saved.get(key, 'no such key')!r})"
-        for key, value in requested.items()
-        if not key.startswith("_") and value is not None and key not in changeable
-        and saved.get(key) != value
-    ]  # fmt: skip
 
 
 def on_gpu(accelerator: str, if_gpu: Any, otherwise: Any) -> Any:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from src.utils import MissingFileError, UserError
 
@@ -64,20 +63,3 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
             f"'{path}' is not a readable checkpoint ({err}): it may be truncated or another kind "
             "of file. Point ckpt_path at a .ckpt file that src.train wrote."
         ) from None
-
-
-class SafeCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint I/O with atomic saves and ``weights_only`` loads, so resuming
-    (``trainer.fit(ckpt_path=...)``) and testing a checkpoint are as safe as ``src.predict``."""
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
-    ) -> None:
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        atomic_write(path, buffer.getvalue())
-
-    def load_checkpoint(
-        self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
-    ) -> dict[str, Any]:
-        return load_checkpoint(path, map_location=map_location or "cpu")

@@ -1,4 +1,4 @@
-"""Memory under load: ``python -m src.utils.soak`` (``make soak``), not part of the tests.
+"""Memory under load: ``python -m bench.soak`` (``make soak``), not part of the tests.
 
 Writes 20,000 small JPEGs in 14 classes into a temporary folder, times the check that decodes
 every file before training (first run, then from its cache), and trains ``cnn4`` on them for
@@ -10,7 +10,6 @@ import argparse
 import csv
 import logging
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -19,40 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lightning import Callback, LightningModule, Trainer
 from PIL import Image
 
-from src.data.datamodule import image_files
-from src.data.images import find_bad_images
+from src.data.images import find_bad_images, image_files
 
 log = logging.getLogger(__name__)
 CLASSES = 14
-
-
-def resident_mb(pid: int | str = "self") -> float:
-    """Memory of a process and all its live descendants (Linux ``/proc``), in MB, as
-    proportional set size: a page shared by the main process and its forked loader workers is
-    split between them, not counted once per process as in their resident sizes."""
-    total, todo = 0.0, [str(pid)]
-    while todo:
-        proc = Path("/proc") / todo.pop()
-        try:
-            rollup = (proc / "smaps_rollup").read_text()
-            total += int(rollup.split("\nPss:")[1].split()[0]) / 1024
-            for task in (proc / "task").iterdir():
-                todo += (task / "children").read_text().split()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue  # a worker that exited while being read
-    return total
-
-
-class ResidentMemory(Callback):
-    """Logs ``memory/rss_mb`` (this process and its workers, proportional set size) at the end of
-    every training epoch, and the peak resident size of this process, ``memory/peak_mb``."""
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        pl_module.log("memory/rss_mb", resident_mb())
-        pl_module.log("memory/peak_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def write_images(root: Path, n_train: int, n_val: int, size: int = 48, seed: int = 0) -> None:
@@ -80,7 +51,7 @@ def train_epochs(
         f"data.backend={backend}", f"data.num_workers={workers}",
         f"trainer.max_epochs={epochs}", "test=false",
         "logger=csv", "callbacks.progress_bar=null", "callbacks.model_checkpoint=null",
-        "+callbacks.resident_memory._target_=src.utils.soak.ResidentMemory",
+        "+callbacks.resident_memory._target_=src.callbacks.ResidentMemory",
         f"hydra.run.dir={run}",
     ]  # fmt: skip
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
@@ -103,7 +74,7 @@ def main() -> None:
         write_images(root, args.images, max(CLASSES, args.images // 14))
         log.info("wrote %d images in %.0f s", args.images, time.perf_counter() - start)
 
-        files = image_files(root / "train", sorted(p.name for p in (root / "train").iterdir()))
+        files = image_files(root / "train")
         timings = []
         for _ in range(2):
             start = time.perf_counter()
@@ -120,7 +91,7 @@ def main() -> None:
     lines = [
         "# Memory under load",
         "",
-        f"`python -m src.utils.soak --images {args.images} --epochs {args.epochs}` on "
+        f"`python -m bench.soak --images {args.images} --epochs {args.epochs}` on "
         f"{cores} cores, torch {torch.__version__}: cnn4 at 32 px, batch 128, "
         f"{args.images:,} training JPEGs of 48 px.",
         "",

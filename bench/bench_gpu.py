@@ -1,10 +1,11 @@
 """AlexNet-224 training throughput on one GPU, input path and GPU switches side by side:
-``python -m src.utils.bench_gpu [--out bench_gpu_out]`` (run by scripts/bench_gpu.sh).
+``python -m bench.bench_gpu [--out bench_gpu_out]`` (run by bench/bench_gpu.sh).
 
 Rows, for ``model=alexnet`` and ``model=alexnet_owt``: the seed article's per-image pipeline
-(ImageFolder + RandomResizedCrop(224) + flip); our cache path (memory map + on-device crops,
-flips and normalisation); + bf16 autocast and channels-last; + torch.compile. Each is one plain
-training loop (SGD as configured) over the loader. The GPU's wait on data is
+(ImageFolder + RandomResizedCrop(224) + flip); our cache path (memory map + the data module's
+batch transform on the device: crops, flips and normalisation); + bf16 autocast and
+channels-last; + torch.compile. Each is one plain training loop (SGD as configured) over the
+loader. The GPU's wait on data is
 1 - (images/s of the loop) / (images/s of the same steps on one batch already on the GPU).
 """
 
@@ -20,8 +21,8 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 
+from bench.benchmark import machine, make_jpeg_tree, seed_article_loader, train_config
 from src.data.datamodule import ImageFolderDataModule
-from src.utils.benchmark import machine, make_jpeg_tree, seed_article_loader, train_config
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +87,14 @@ def measure(
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         if path == "cache":
-            x = dm.device_transform(x, "train", channels_last=fast)
+            x = dm.transform(x, "train", channels_last=fast)
         else:
             x = x.contiguous(memory_format=memory_format)
         train_on(x, y)
 
     x, y = next(batches)
     x = x.to(device)
-    resident_x = dm.device_transform(x, "train", fast) if path == "cache" else x
+    resident_x = dm.transform(x, "train", channels_last=fast) if path == "cache" else x
     resident_x = resident_x.contiguous(memory_format=memory_format)
     resident_y = y.to(device)
     loop = step_rate(from_loader, args.steps, args.batch, device)

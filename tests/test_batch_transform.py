@@ -1,17 +1,21 @@
+"""The one batch transform against torchvision's per-image transforms: the same distributions,
+the same pixels."""
+
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from scipy.stats import binomtest, chisquare, ks_2samp
 from torchvision.transforms import v2
 
-from src.data.gpu_augment import (
-    centre_crop,
+from src.data.batch_transform import (
+    BatchTransform,
     normalise,
     random_crops,
     random_resized_crops,
     ten_crops,
 )
-from src.data.transforms import _to_tensor, train_transform
+from src.data.images import square
 
 SIZE, CROP = 8, 4  # five possible offsets per axis
 
@@ -46,17 +50,28 @@ def test_crops_and_flips_are_uniform_and_independent_per_image():
 def test_centre_and_ten_crops_match_torchvision(size):
     torch.manual_seed(0)
     images = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
-    assert torch.equal(centre_crop(images, CROP)[1], v2.CenterCrop(CROP)(images[1]))
+    centre = BatchTransform(CROP, mean=[0.0] * 3, std=[1 / 255] * 3)(images, "val")
+    assert torch.allclose(centre[1], v2.CenterCrop(CROP)(images[1]).float(), atol=1e-4)
     tens = ten_crops(images, CROP)
     assert tens.shape == (2, 10, 3, CROP, CROP)
     assert torch.equal(tens[1], torch.stack(v2.TenCrop(CROP)(images[1])))
+
+
+@pytest.mark.parametrize("size", [(500, 375), (375, 500), (64, 64), (50, 81), (333, 334)])
+def test_squares_are_torchvisions_resize_and_centre_crop(size):
+    """The uint8 square both backends deliver is v2.Resize + v2.CenterCrop, pixel for pixel."""
+    pixels = np.random.default_rng(0).integers(0, 256, (*size[::-1], 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    expected = np.asarray(v2.Compose([v2.Resize(48), v2.CenterCrop(48)])(image))
+    assert np.array_equal(square(image, 48), expected.transpose(2, 0, 1))
 
 
 @pytest.mark.parametrize("input_scale", ["standardised", "raw"])
 def test_normalise_equals_the_per_image_transforms(input_scale):
     mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
     images = torch.randint(0, 256, (4, 3, 6, 6), dtype=torch.uint8)
-    per_image = v2.Compose(_to_tensor(mean, std, input_scale))
+    scale = [1 / 255] * 3 if input_scale == "raw" else std
+    per_image = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, scale)])
     expected = torch.stack([per_image(image) for image in images])
     assert torch.equal(normalise(images, mean, std, input_scale), expected)
     offset = torch.randn(4, 3)
@@ -98,17 +113,17 @@ def boxes(crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
 
 def test_random_resized_crops_cover_the_scales_of_the_per_image_path():
-    """Batched (cache) and per-image (pil, train_crop=random_resized) crops of an image whose
-    pixels encode their position: areas within 8-100 % and ratios within 3/4-4/3, the same
-    distribution on both paths, every image of a batch on its own, flips with p = 1/2."""
+    """Batched crops and torchvision's per-image RandomResizedCrop of an image whose pixels
+    encode their position: areas within 8-100 % and ratios within 3/4-4/3, the same
+    distribution on both, every image of a batch on its own, flips with p = 1/2."""
     torch.manual_seed(0)
     n, out = 1000, 16
     image = positions()
     batched = random_resized_crops(image.expand(n, 3, BIG, BIG), out)
     assert batched.shape == (n, 3, out, out) and batched.dtype == torch.uint8
-    per_image = train_transform(BIG, out, [0.0] * 3, [1.0] * 3, train_crop="random_resized")
+    per_image = v2.Compose([v2.RandomResizedCrop(out), v2.RandomHorizontalFlip()])
     pil = Image.fromarray(image.permute(1, 2, 0).numpy())
-    single = torch.stack([per_image(pil) for _ in range(n)]) * 255
+    single = torch.stack([v2.functional.pil_to_tensor(per_image(pil)) for _ in range(n)])
     for crops in (batched, single):
         area, ratio, flips = boxes(crops)
         assert 0.07 < area.min() < 0.12 and 0.9 < area.max() < 1.03

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # AlexNet-224 training throughput on one NVIDIA GPU, in under 5 minutes, offline if need be:
 #
-#   bash scripts/bench_gpu.sh [options of python -m src.utils.bench_gpu]
+#   bash bench/bench_gpu.sh [options of python -m bench.bench_gpu]
 #
 # Writes $OUT/results.md (default ./bench_gpu_out). Uses the torch and torchvision installed
 # here (torch >= 2.11, torchvision >= 0.26) and never installs either; any other missing
-# dependency comes from the wheels in $WHEELS (default scripts/wheels, filled beforehand on a
-# machine with a network: pip download -d scripts/wheels lightning hydra-core ...).
+# dependency comes from the wheels in $WHEELS (default bench/wheels, filled beforehand on a
+# machine with a network: pip download -d bench/wheels lightning hydra-core ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 OUT="${OUT:-./bench_gpu_out}"
-WHEELS="${WHEELS:-scripts/wheels}"
+WHEELS="${WHEELS:-bench/wheels}"
 mkdir -p "$OUT"
 
 "$PYTHON" - <<'PY'
@@ -57,4 +57,4 @@ else
 fi
 
 timeout 120 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider
-timeout 240 "$PYTHON" -m src.utils.bench_gpu --out "$OUT" "$@"
+timeout 240 "$PYTHON" -m bench.bench_gpu --out "$OUT" "$@"

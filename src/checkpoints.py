@@ -1,0 +1,280 @@
+"""The checkpoint contract, in one place: what a checkpoint carries, what may change when it is
+resumed or evaluated, how it is read safely, and how an older one is brought up to date.
+
+A checkpoint of ``src.train`` carries, besides Lightning's own keys (``state_dict``, optimizer
+and loop states, ``epoch``, ``global_step``, the ``callbacks``' states):
+
+- ``hyper_parameters``: the LightningModule's arguments, class names included, and
+  ``model_target``, its class: the model is rebuilt from these alone;
+- ``datamodule_hyper_parameters`` and ``datamodule_target``: every data setting and the data
+  module's class, so evaluation needs no config;
+- the data module's ``state_dict`` under its class name: the training generator, a flat
+  folder's split, and the training set's pixel statistics where a setting uses them;
+- ``random_states`` and ``lr_scheduler``: what a resumed run needs to go on as one that never
+  stopped;
+- ``format_version``: ``upgrade`` brings any older checkpoint to ``FORMAT_VERSION`` as it is read.
+"""
+
+import io
+import logging
+import random
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
+from hydra.utils import get_class
+from lightning import LightningDataModule, LightningModule
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from src.data.batch_transform import BatchTransform
+from src.utils import ConfigError, UserError
+from src.utils.io import atomic_write, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+# 1: before versions were recorded (freeze and lr_mult could be null or absent, data keys added
+# since were absent, MicrographDataModule lived in src.data.datamodule); 2: this layout.
+FORMAT_VERSION = 2
+
+# How a network is trained or run, not what it is: a resumed run may change them (a checkpoint
+# trained on a GPU, with compile and channels-last, resumes on a CPU without them). pretrained is
+# read only when a run starts from scratch: a resumed run takes the checkpoint's weights. Not
+# freeze and lr_mult: they decide the optimizer's parameter groups, whose momentum and
+# (plateau-cut) rates the checkpoint restores group by group.
+MODEL_KEYS_RESUME_MAY_CHANGE = (
+    "optimizer", "scheduler", "max_lr_drops", "compile", "channels_last", "pretrained",
+)  # fmt: skip
+# What evaluating or resuming may change about a checkpoint's data: where the files are and how
+# they are loaded, never what the model sees.
+DATA_KEYS_MAY_CHANGE = (
+    "root", "batch_size", "num_workers", "pin_memory", "persistent_workers", "ten_crop",
+    "cache_dir", "skip_bad_images", "backend",
+)  # fmt: skip
+# What src.eval and src.predict take of the data settings: where the files are and how they
+# are loaded (ten crops are their own ten_crop=true).
+EVAL_DATA_KEYS = tuple(k for k in DATA_KEYS_MAY_CHANGE if k != "ten_crop")
+
+# Defaults of the keys added before versions were recorded: what those runs did without them.
+_V1_MODEL_DEFAULTS = {
+    "scheduler_monitor": "val/loss", "max_lr_drops": None, "compile": False,
+    "channels_last": False, "pretrained": None,
+}  # fmt: skip
+_V1_DATA_DEFAULTS = {
+    "pin_memory": False, "persistent_workers": True, "augment": True, "train_crop": "random",
+    "augment_val": False, "ten_crop": False, "input_scale": "standardised", "pca_noise": 0.0,
+    "backend": "pil", "cache_dir": "data/cache", "skip_bad_images": False, "val_fraction": 0.1,
+    "test_fraction": 0.1, "split_seed": 0,
+}  # fmt: skip
+_MOVED = {"src.data.datamodule.MicrographDataModule": "src.data.micrographs.MicrographDataModule"}
+MODEL_TARGET = "src.models.classifier.ImageClassifier"
+
+
+def upgrade(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """``checkpoint`` brought to ``FORMAT_VERSION`` in place: the one place that knows older
+    layouts, so nothing else needs defaults for keys an old file lacks."""
+    version = checkpoint.get("format_version", 1)
+    if version > FORMAT_VERSION:
+        raise UserError(
+            f"The checkpoint has format version {version}; this code reads up to "
+            f"{FORMAT_VERSION}. Update the code to the version that wrote it."
+        )
+    if version == 1 and "hyper_parameters" in checkpoint:
+        model = checkpoint["hyper_parameters"]
+        model |= {k: v for k, v in _V1_MODEL_DEFAULTS.items() if k not in model}
+        model["freeze"] = list(model.get("freeze") or [])
+        model["lr_mult"] = dict(model.get("lr_mult") or {})
+        checkpoint.setdefault("model_target", MODEL_TARGET)
+        data = checkpoint.setdefault("datamodule_hyper_parameters", {})
+        checkpoint["datamodule_hyper_parameters"] = _V1_DATA_DEFAULTS | data
+        target = checkpoint.get("datamodule_target")
+        checkpoint["datamodule_target"] = _MOVED.get(target, target)
+    checkpoint["format_version"] = FORMAT_VERSION
+    return checkpoint
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """The checkpoint at ``path``, read safely (``weights_only``: it cannot run code) and
+    brought up to date by ``upgrade``."""
+    checkpoint = load_checkpoint(path, map_location)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UserError(f"'{path}' is not a checkpoint written by src.train")
+    return upgrade(checkpoint)
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O with atomic saves and ``read_checkpoint``'s safe, upgrading
+    loads, so resuming and testing a checkpoint are as safe as ``src.predict``."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write(path, buffer.getvalue())
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return read_checkpoint(path, map_location=map_location or "cpu")
+
+
+def random_states() -> dict[str, Any]:
+    """Every random generator of this process as tensors and plain lists (loadable with
+    ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, python_state, python_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": [version, list(python_state), python_gauss],
+    }
+
+
+def set_random_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, python_state, python_gauss = states["python"]
+    random.setstate((version, tuple(python_state), python_gauss))
+
+
+def stamp(checkpoint: dict[str, Any], module: LightningModule) -> None:
+    """What ``src.train`` adds to Lightning's checkpoint (the module's ``on_save_checkpoint``)."""
+    checkpoint["format_version"] = FORMAT_VERSION
+    # Saved at the end of an epoch: with the data module's generator, these states decide
+    # everything random in the next epoch (dropout, crops, flips, colour noise).
+    checkpoint["random_states"] = random_states()
+    checkpoint["model_target"] = _target(module)
+    datamodule = module.trainer.datamodule if module._trainer is not None else None
+    if datamodule is not None:
+        checkpoint["datamodule_target"] = _target(datamodule)
+
+
+def _target(obj: object) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def contradictions(
+    section: str, requested: Mapping[str, Any], saved: Mapping[str, Any], changeable: tuple = ()
+) -> list[str]:
+    """``section.key=value`` for every requested value that differs from the saved one, except
+    keys in ``changeable``; ``None`` (not set) and Hydra's ``_keys_`` never contradict."""
+    return [
+        f"{section}.{key}={value!r} (the checkpoint has {saved.get(key, 'no such key')!r})"
+        for key, value in requested.items()
+        if not key.startswith("_") and value is not None and key not in changeable
+        and saved.get(key) != value
+    ]  # fmt: skip
+
+
+def check_resume(
+    ckpt_path: str | Path, model: LightningModule, datamodule: LightningDataModule
+) -> dict[str, Any]:
+    """A run resumes only the model and data it was trained with: a changed activation or crop
+    size would load the weights into something else without a word. What the configured model
+    and data module record (their hparams, empty values and defaults filled in) is compared with
+    what the upgraded checkpoint recorded. Returns the checkpoint."""
+    checkpoint = read_checkpoint(ckpt_path)
+    conflicts = contradictions(
+        "model", model.hparams, checkpoint["hyper_parameters"], MODEL_KEYS_RESUME_MAY_CHANGE
+    )
+    saved_data = checkpoint["datamodule_hyper_parameters"]
+    conflicts += contradictions("data", datamodule.hparams, saved_data, DATA_KEYS_MAY_CHANGE)
+    if conflicts:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} was trained with other settings: {'; '.join(conflicts)}. "
+            "Resume with the run's own overrides (its .hydra/overrides.yaml)."
+        )
+    return checkpoint
+
+
+def load_model(checkpoint: dict[str, Any]) -> LightningModule:
+    """The checkpoint's model, in eval mode on the CPU, from nothing but the checkpoint."""
+    model = get_class(checkpoint["model_target"])(**checkpoint["hyper_parameters"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()
+
+
+def datamodule_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The data module's ``state_dict`` in a checkpoint (Lightning files it under the class
+    name): the training generator and, where used, the training statistics and a flat folder's
+    split."""
+    return checkpoint.get(checkpoint["datamodule_target"].rsplit(".", 1)[-1], {})
+
+
+def restore_datamodule(datamodule: LightningDataModule, checkpoint: dict[str, Any]) -> None:
+    """The checkpoint's data state, before prepare_data and setup: they read its split (a
+    resumed fit restores the state only after setup)."""
+    state = datamodule_state(checkpoint)
+    if state:
+        datamodule.load_state_dict(state)
+
+
+def datamodule_from_checkpoint(
+    checkpoint: dict[str, Any], requested: Mapping[str, Any] | None = None
+) -> LightningDataModule:
+    """The data module a checkpoint was trained with, its preprocessing and state included, with
+    only ``EVAL_DATA_KEYS`` taken from ``requested`` (the command line)."""
+    requested = {k: v for k, v in (requested or {}).items() if v is not None}
+    unknown = sorted(set(requested) - set(EVAL_DATA_KEYS))
+    if unknown:
+        raise ConfigError(refusal([f"data.{k}" for k in unknown], EVAL_DATA_KEYS))
+    settings = checkpoint["datamodule_hyper_parameters"] | requested
+    datamodule = get_class(checkpoint["datamodule_target"])(**settings)
+    restore_datamodule(datamodule, checkpoint)
+    return datamodule
+
+
+def evaluation_transform(checkpoint: dict[str, Any]) -> BatchTransform:
+    """The batch transform the checkpoint's model was validated with: its sizes, normalisation
+    and, where used, the training set's mean image it carries. Call it with stage ``predict``
+    (the centre crop) or ``ten_crop=True``."""
+    state = datamodule_state(checkpoint)
+    statistics = {k: state[k] for k in ("mean_image", "eigvals", "eigvecs") if k in state}
+    return BatchTransform.from_settings(
+        checkpoint["datamodule_hyper_parameters"], statistics or None
+    )
+
+
+
+def refuse_data_overrides(
+    allowed: Sequence[str] = EVAL_DATA_KEYS, args: Sequence[str] | None = None
+) -> None:
+    """Stop, with one line, on a data key that ``allowed`` lacks (one copied from the training
+    command, say), before Hydra would answer it with a composition error: evaluation and
+    prediction take the data settings from the checkpoint."""
+    args = [a for a in (sys.argv[1:] if args is None else args) if not a.startswith("-")]
+    try:
+        overrides = OverridesParser.create().parse_overrides(args)
+    except OverrideParseException:
+        return  # Hydra reports malformed overrides itself
+    refused = [
+        o.key_or_group
+        for o in overrides
+        if o.key_or_group == "data"
+        or (o.key_or_group.startswith("data.") and o.key_or_group[5:] not in allowed)
+    ]
+    if refused:
+        raise SystemExit(refusal(refused, allowed))
+
+
+def refusal(keys: Sequence[str], allowed: Sequence[str]) -> str:
+    return (
+        f"{', '.join(keys)}: evaluation takes the data settings from the checkpoint; only "
+        f"{', '.join(f'data.{k}' for k in allowed)} may be given (and ten_crop=true for "
+        "ten-crop testing)."
+    )
+
+
+def load_classifier(path: str | Path) -> tuple[LightningModule, dict[str, Any]]:
+    """The model of the checkpoint at ``path`` (see ``load_model``) and the checkpoint itself."""
+    checkpoint = read_checkpoint(path)
+    return load_model(checkpoint), checkpoint
