@@ -83,7 +83,7 @@ def upgrade(checkpoint: dict[str, Any]) -> dict[str, Any]:
             f"The checkpoint has format version {version}; this code reads up to "
             f"{FORMAT_VERSION}. Update the code to the version that wrote it."
         )
-    if version == 1 and "hyper_parameters" in checkpoint:
+    if version == 1:
         model = checkpoint["hyper_parameters"]
         model |= {k: v for k, v in _V1_MODEL_DEFAULTS.items() if k not in model}
         model["freeze"] = list(model.get("freeze") or [])
@@ -98,11 +98,14 @@ def upgrade(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """The checkpoint at ``path``, read safely (``weights_only``: it cannot run code) and
-    brought up to date by ``upgrade``."""
+    """The training checkpoint at ``path``, read safely (``weights_only``: it cannot run code)
+    and brought up to date by ``upgrade``."""
     checkpoint = load_checkpoint(path, map_location)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise UserError(f"'{path}' is not a checkpoint written by src.train")
+    if not isinstance(checkpoint, dict) or "hyper_parameters" not in checkpoint:
+        raise UserError(
+            f"'{path}' is not a checkpoint written by src.train (it has no hyper_parameters); "
+            "point ckpt_path at one of a run's checkpoints/*.ckpt"
+        )
     return upgrade(checkpoint)
 
 
@@ -120,7 +123,9 @@ class SafeCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
-        return read_checkpoint(path, map_location=map_location or "cpu")
+        # also Lightning's own files, such as ddp_spawn's weights handed back to the main process
+        checkpoint = load_checkpoint(path, map_location=map_location or "cpu")
+        return upgrade(checkpoint) if "hyper_parameters" in checkpoint else checkpoint
 
 
 def random_states() -> dict[str, Any]:
@@ -230,6 +235,7 @@ def datamodule_from_checkpoint(
     settings = checkpoint["datamodule_hyper_parameters"] | requested
     datamodule = get_class(checkpoint["datamodule_target"])(**settings)
     restore_datamodule(datamodule, checkpoint)
+    datamodule.transform = evaluation_transform(checkpoint)
     return datamodule
 
 

@@ -31,8 +31,8 @@ from src.utils.io import atomic_write
 log = logging.getLogger(__name__)
 
 
-# pil: decode, resize and augment every image in the loader's workers (torchvision transforms);
-# cache: decode once into a memory-mapped cache, augment whole batches on the model's device.
+# Where the uint8 squares come from: pil decodes and resizes every image in the loader's workers,
+# every epoch (no extra disk); cache decodes once into a memory map under cache_dir.
 BACKENDS = ("pil", "cache")
 
 
@@ -292,7 +292,8 @@ class ImageFolderDataModule(LightningDataModule):
                 self.train_generator.set_state(self._generator_state)
         self.batch_size_per_device = self.per_device_batch_size()
         self.ensure_statistics()
-        self.transform = BatchTransform.from_settings(self.hparams, self.statistics)
+        if self.transform is None:  # src.eval's comes from the checkpoint
+            self.transform = BatchTransform.from_settings(self.hparams, self.statistics)
         self.datasets = self.make_datasets()
         found = self.datasets["train"].classes
         if found != self.classes:

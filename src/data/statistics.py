@@ -110,7 +110,7 @@ def pca_offsets(
 ) -> torch.Tensor:
     """(count, 3) RGB offsets on the 0-1 scale, ``eigvecs @ (alpha * eigvals)`` with alpha drawn
     from N(0, sigma) per image and eigenvector by torch's default generator, which the run's seed
-    and the loader workers' seeds set."""
+    sets and checkpoints carry."""
     alpha = torch.randn(count, 3, dtype=torch.float64) * sigma
     return ((alpha * eigvals.double()) @ eigvecs.double().T).float()
 
