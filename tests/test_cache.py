@@ -38,6 +38,25 @@ def test_cache_holds_the_pil_paths_pixels_and_labels(tree, tmp_path):
     assert labels.tolist() == [folder_set.targets[3], folder_set.targets[1]]
 
 
+def test_both_backends_deliver_identical_uint8_squares(tree, tmp_path):
+    """The one pixel path: the same files give the same uint8 squares, in the same order, from
+    the memory map and from the workers' decoding."""
+    batches = {}
+    for backend in ("pil", "cache"):
+        dm = ImageFolderDataModule(
+            root=str(tree), resize_size=64, crop_size=56, batch_size=5, num_workers=0,
+            backend=backend, cache_dir=str(tmp_path / "cache"),
+        )  # fmt: skip
+        dm.prepare_data()
+        dm.setup("fit")
+        batches[backend] = [
+            (x, y) for split in ("train", "val") for x, y in dm.loader(dm.datasets[split])
+        ]
+    for (pil, pil_labels), (cache, cache_labels) in zip(*batches.values(), strict=True):
+        assert pil.dtype == cache.dtype == torch.uint8 and pil.shape[1:] == (3, 64, 64)
+        assert torch.equal(pil, cache) and torch.equal(pil_labels, cache_labels)
+
+
 def test_cache_is_rebuilt_when_files_or_sizes_change(tree, tmp_path):
     cache = tmp_path / "cache"
     first = ensure_cache(tree / "val", cache, 64, cache / "verdicts.json")
