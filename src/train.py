@@ -79,9 +79,9 @@ def check_launch(trainer: L.Trainer) -> None:
         multiprocessing.set_start_method(None, force=True)
 
 
-def config_summary(cfg: DictConfig, model: ImageClassifier, trainer: L.Trainer) -> str:
+def config_summary(cfg: DictConfig, model: ImageClassifier, trainer: L.Trainer, start: str) -> str:
     """What the run is, in a few lines of its log: the chosen configs, what was typed, where it
-    writes. The whole composed config is in the run's .hydra/config.yaml."""
+    writes, what it resumed from. The whole composed config is in the run's .hydra/config.yaml."""
     lines = []
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()
@@ -94,6 +94,7 @@ def config_summary(cfg: DictConfig, model: ImageClassifier, trainer: L.Trainer) 
         f"on {trainer.accelerator.__class__.__name__.removesuffix('Accelerator').lower()} "
         f"x {trainer.num_devices}",
         f"output: {cfg.paths.output_dir}",
+        start,
     ]
     return "run\n" + "\n".join(lines)
 
@@ -123,8 +124,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     classes = datamodule.classes
     model: ImageClassifier = instantiate(cfg.model, class_names=classes)
     check_input_size(datamodule.hparams.crop_size, model)
+    start = "started fresh"
     if cfg.get("ckpt_path"):
-        restore_datamodule(datamodule, check_resume(cfg.ckpt_path, model, datamodule))
+        checkpoint = check_resume(cfg.ckpt_path, model, datamodule)
+        restore_datamodule(datamodule, checkpoint)
+        start = (
+            f"resumed from {cfg.ckpt_path}: epoch {checkpoint['epoch']} (counting from 0), "
+            f"step {checkpoint['global_step']}"
+        )
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=instantiate_all(cfg.get("callbacks")),
@@ -132,7 +139,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     check_launch(trainer)
     if trainer.is_global_zero:
-        log.info("%s", config_summary(cfg, model, trainer))
+        log.info("%s", config_summary(cfg, model, trainer, start))
         write_class_indices(classes, output_dir / "class_indices.json")
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -87,12 +87,15 @@ def test_eval_ten_crop_scores_both_ways_in_one_pass(trained, tmp_path, backend, 
         run("ten_crop=often")
 
 
-def test_resume_continues_at_the_next_epoch(trained, train_config):
+def test_resume_continues_at_the_next_epoch(trained, train_config, caplog):
     cfg, _, _ = trained
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     before = torch.load(last, weights_only=False)
     resumed = train_config(f"ckpt_path={last}", "trainer.max_epochs=3", "test=false")
+    caplog.set_level(logging.INFO, logger="src.train")
     train(resumed)
+    # the log says what the run resumed from
+    assert f"resumed from {last}: epoch 1 (counting from 0), step 8" in caplog.text
     after = torch.load(
         Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False
     )
@@ -126,7 +129,7 @@ def test_predict_logs_top5_and_saves_the_picture(trained, tiny_root, tmp_path, c
     assert model.class_names[label] == "8.0"
     with Image.open(result["figure"]) as png:
         assert png.format == "PNG" and png.size[0] > 100
-    assert json.loads((tmp_path / "predictions.json").read_text())[0]["image"] == str(image)
+    assert json.loads((tmp_path / "predictions.json").read_text())[0]["path"] == image.name
 
 
 def test_predict_ten_crop_averages_the_softmax_over_ten_crops(trained, tiny_root, tmp_path, caplog):
