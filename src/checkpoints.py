@@ -250,7 +250,6 @@ def evaluation_transform(checkpoint: dict[str, Any]) -> BatchTransform:
     )
 
 
-
 def refuse_data_overrides(
     allowed: Sequence[str] = EVAL_DATA_KEYS, args: Sequence[str] | None = None
 ) -> None:

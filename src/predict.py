@@ -1,87 +1,304 @@
 """Classify images with a trained checkpoint: ``python -m src.predict ckpt_path=PATH image=PATH``.
 
-Logs the top classes of each image and saves it as a PNG titled with the prediction. Needs no
-data set: class names and preprocessing come from the checkpoint, through the same batch
-transform evaluation uses. ``ten_crop=true`` averages the softmax over the ten crops of each
-image (paper, section 4.1) instead of taking the centre crop.
+``image=`` is one file or a folder (every image under it, at any depth). The images go through
+the network in batches, read by the loader and the evaluation transform ``src.eval`` uses, both
+built from the checkpoint, so no data set is needed. ``ten_crop=true`` averages the softmax over
+the ten crops of each image (paper, section 4.1) instead of taking the centre crop.
+
+Writes into the output folder:
+
+- ``predictions.csv``, one row per image: its path relative to ``image=``, the top-1 class and
+  probability, the ``top_k`` classes and probabilities, the true class where ``image=`` is a tree
+  of class folders named as the checkpoint's classes, and the error of a file that could not be
+  read (the file is skipped, the others are still classified); ``predictions.json`` holds the
+  same rows. Rows are written as the batches come, so a folder of any size fits in memory.
+- where the true classes are known, ``confusion_matrix.png``, and the accuracy in the log;
+- with ``figures=true`` (the default for a single file), one titled PNG per image, named after
+  its path relative to ``image=`` so that no two collide.
 """
 
+import csv
+import io
 import json
 import logging
+import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader, Dataset
 
 from src.checkpoints import (
     evaluation_transform,
     load_classifier,
     refuse_data_overrides,
 )
-from src.data.datamodule import SquareImages
-from src.data.folders import ImageSet
-from src.data.images import image_files, load_rgb
-from src.experiments.figures import prediction_figure
+from src.data.images import image_files, load_rgb, load_square
+from src.experiments.figures import confusion_matrix_figure, prediction_figure
 from src.utils import ConfigError, MissingFileError, exit_on_user_error
-from src.utils.io import atomic_write, write_figure
+from src.utils.io import write_figure
 
 log = logging.getLogger(__name__)
 
 
-def find_images(path: str | Path) -> ImageSet:
-    """The file, or every image under the folder, to classify (labels unknown: -1)."""
-    path = Path(path)
-    if path.is_file():
-        return ImageSet(path.name, path.parent, [], [(str(path), -1)])
-    if not path.is_dir():
-        raise MissingFileError(f"image={path}: no such file or folder")
-    files = image_files(path)
-    if not files:
-        raise MissingFileError(f"image={path}: the folder holds no images")
-    return ImageSet(path.name, path, [], [(str(p), -1) for p in files])
+class Inputs:
+    """What ``image=`` names: its files, each with its path relative to ``base``, and the true
+    labels (indices into the checkpoint's classes) when every file lies under a folder named
+    after one of them, else ``None``."""
+
+    def __init__(self, path: str | Path, class_names: list[str]) -> None:
+        path = Path(path)
+        if path.is_file():
+            self.base, self.files, self.single = path.parent, [path], True
+        elif path.is_dir():
+            self.base, self.files, self.single = path, image_files(path), False
+            if not self.files:
+                raise MissingFileError(f"image={path}: the folder holds no images")
+        else:
+            raise MissingFileError(f"image={path}: no such file or folder")
+        self.relative = [p.relative_to(self.base) for p in self.files]
+        index = {name: i for i, name in enumerate(class_names)}
+        tops = [r.parts[0] if len(r.parts) > 1 else None for r in self.relative]
+        known = not self.single and all(top in index for top in tops)
+        self.labels = [index[top] for top in tops] if known else None
+
+    def figure_names(self) -> list[Path]:
+        """``<relative path without suffix>_prediction.png``; the suffix is kept where two files
+        differ only by it (``a.jpg``, ``a.png``)."""
+        stems = [r.with_suffix("") for r in self.relative]
+        seen: dict[Path, int] = {}
+        for stem in stems:
+            seen[stem] = seen.get(stem, 0) + 1
+        return [
+            Path(f"{stem if seen[stem] == 1 else rel}_prediction.png")
+            for stem, rel in zip(stems, self.relative, strict=True)
+        ]
+
+
+class Squares(Dataset):
+    """Each file as the uint8 (3, S, S) square the evaluation loader delivers, or the reason it
+    could not be read: a broken file does not stop the others."""
+
+    def __init__(self, files: list[Path], resize_size: int) -> None:
+        self.files = files
+        self.resize_size = resize_size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            return i, torch.from_numpy(load_square(self.files[i], self.resize_size)), None
+        except Exception as err:  # noqa: BLE001 - any decoder failure is a verdict on the file
+            return i, None, f"{type(err).__name__}: {err}"
+
+
+def collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> dict[str, Any]:
+    """A batch of the readable squares, with every item's index and error."""
+    squares = [square for _, square, _ in items if square is not None]
+    return {
+        "index": [i for i, _, _ in items],
+        "errors": [error for _, _, error in items],
+        "squares": torch.stack(squares) if squares else None,
+    }
+
+
+class StreamedFile:
+    """A text file written piece by piece into a temporary file beside it and renamed into
+    place when complete, so a killed run never leaves a truncated table."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        self.file: io.TextIOWrapper = open(self.tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115
+
+    def commit(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def columns(k: int, labelled: bool) -> list[str]:
+    """The CSV's header (the JSON rows' keys)."""
+    ranked = [f"{name}_{r}" for r in range(1, k + 1) for name in ("class", "probability")]
+    return ["path", "class", "probability", *ranked, *(["true_class"] if labelled else []), "error"]
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """The keys of predict.yaml, named before any work."""
+    if cfg.device not in DEVICES:
+        raise ConfigError(f"device={cfg.device!r} is not one of {list(DEVICES)}")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda: no CUDA GPU is available here; use device=auto or cpu")
+    for key in ("ten_crop", "figures"):
+        value = cfg.get(key)
+        if not isinstance(value, bool) and not (key == "figures" and value is None):
+            raise ConfigError(f"{key}={value!r} must be true or false")
+    if isinstance(cfg.top_k, bool) or not isinstance(cfg.top_k, int) or cfg.top_k < 1:
+        raise ConfigError(f"top_k={cfg.top_k!r} must be a whole number of at least 1")
+    for key, low in (("batch_size", 1), ("num_workers", 0)):
+        value = cfg.data.get(key)
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if value is not None and not (whole and value >= low):
+            raise ConfigError(f"data.{key}={value!r} must be a whole number of at least {low}")
+
+
+def table_row(
+    header: list[str],
+    path: Path,
+    probs: torch.Tensor | None,
+    error: str | None,
+    names: list[str],
+    k: int,
+) -> tuple[dict[str, Any], list[tuple[str, float]]]:
+    """One image's row (its classes and probabilities, or its error) and its top-k pairs."""
+    row: dict[str, Any] = dict.fromkeys(header)
+    row["path"], row["error"] = path.as_posix(), error
+    if probs is None:
+        return row, []
+    best = probs.topk(k)
+    top = [(names[c], float(q)) for q, c in zip(*best, strict=True)]
+    row["class"], row["probability"] = top[0]
+    for rank, (name, q) in enumerate(top, 1):
+        row[f"class_{rank}"], row[f"probability_{rank}"] = name, q
+    return row, top
+
+
+def progress_bar(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        disable=not enabled, transient=True,
+    )  # fmt: skip
 
 
 @torch.inference_mode()
-def predict(cfg: DictConfig) -> list[dict]:
-    """Top-k predictions per image; also written to ``predictions.json`` in the output folder."""
-    if not isinstance(cfg.ten_crop, bool):
-        raise ConfigError(f"ten_crop={cfg.ten_crop!r} must be true or false")
+def batches_of_probabilities(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    transform: Any,
+    ten_crop: bool,
+    device: torch.device,
+) -> Iterator[tuple[list[int], list[str | None], list[torch.Tensor | None]]]:
+    """Per batch: the items' indices, errors and softmax rows (None where unreadable); the
+    batch transform runs where the model does, as in src.eval."""
+    n = len(model.class_names)
+    for batch in loader:
+        probs: list[torch.Tensor | None] = [None] * len(batch["index"])
+        if batch["squares"] is not None:
+            squares = batch["squares"].to(device, non_blocking=True)
+            x = transform(squares, "predict", ten_crop=ten_crop)
+            # (B, crops, C, H, W): one crop, or ten whose softmax is averaged
+            x = x.unsqueeze(1) if x.ndim == 4 else x
+            p = model(x.flatten(0, 1)).view(len(x), -1, n).float().softmax(-1).mean(1)
+            rows = iter(p.cpu())
+            probs = [next(rows) if error is None else None for error in batch["errors"]]
+        yield batch["index"], batch["errors"], probs
+
+
+def predict(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Classify ``cfg.image`` (a file or a folder); returns one dict per image: the CSV row, plus
+    ``image`` (its path), ``top`` ((class, probability) pairs) and ``figure`` (its PNG or None).
+    """
+    check_config(cfg)
+    start = time.perf_counter()
     model, checkpoint = load_classifier(cfg.ckpt_path)
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if cfg.device == "auto" else cfg.device)
+    model.to(device)
     transform = evaluation_transform(checkpoint)
     data = checkpoint["datamodule_hyper_parameters"]
-    images = find_images(cfg.image)
-    dataset = SquareImages(images, data["resize_size"], skip=set())
-    batch_size = cfg.data.get("batch_size") or data["batch_size"]
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=cfg.data.num_workers)
-    method = "softmax averaged over 10 crops" if cfg.ten_crop else "centre crop"
     names = model.class_names
+    inputs = Inputs(cfg.image, names)
+    figures = inputs.single if cfg.figures is None else cfg.figures
+    figure_names = inputs.figure_names() if figures else None
+    k = min(cfg.top_k, len(names))
+    workers = data["num_workers"] if cfg.data.num_workers is None else cfg.data.num_workers
+    loader = DataLoader(
+        Squares(inputs.files, data["resize_size"]),
+        batch_size=cfg.data.batch_size or data["batch_size"],
+        num_workers=min(workers, len(inputs.files)),
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+    )
+    method = "softmax averaged over 10 crops" if cfg.ten_crop else "centre crop"
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
-    paths = iter(Path(p) for p, _ in images.samples)
-    for squares, _ in loader:
-        x = transform(squares, "predict", ten_crop=cfg.ten_crop)
-        # (B, crops, C, H, W): one crop, or ten whose softmax is averaged
-        x = x.unsqueeze(1) if x.ndim == 4 else x
-        probs = model(x.flatten(0, 1)).view(len(squares), -1, len(names)).softmax(-1).mean(1)
-        for row in probs:
-            path = next(paths)
-            top = row.topk(min(cfg.top_k, len(names)))
-            ranked = [(names[i], float(p)) for p, i in zip(top.values, top.indices, strict=True)]
-            png = out / f"{path.relative_to(images.base).with_suffix('')}_prediction.png"
-            title = f"class: {ranked[0][0]}   prob: {ranked[0][1]:.3f}"
-            write_figure(
-                prediction_figure(load_rgb(path), title), png, bbox_inches="tight", dpi=100
-            )
-            lines = [f"  {rank}. {name:<12} {p:.4f}" for rank, (name, p) in enumerate(ranked, 1)]
-            log.info("%s (%s)\n%s", path, method, "\n".join(lines))
-            results.append(
-                {"image": str(path), "top": ranked, "figure": str(png), "ten_crop": cfg.ten_crop}
-            )
-    atomic_write(out / "predictions.json", json.dumps(results, indent=2))
-    log.info("figures and predictions.json in %s", out)
+    header = columns(k, inputs.labels is not None)
+    confusion = torch.zeros(len(names), len(names), dtype=torch.long)
+    results: list[dict[str, Any]] = []
+    unreadable: list[str] = []
+    table, listing = StreamedFile(out / "predictions.csv"), StreamedFile(out / "predictions.json")
+    try:
+        writer = csv.DictWriter(table.file, header)
+        writer.writeheader()
+        with progress_bar(not inputs.single) as bar:
+            task = bar.add_task("predict", total=len(inputs.files))
+            for indices, errors, probs in batches_of_probabilities(
+                model, loader, transform, cfg.ten_crop, device
+            ):
+                for i, error, p in zip(indices, errors, probs, strict=True):
+                    row, top = table_row(header, inputs.relative[i], p, error, names, k)
+                    if inputs.labels is not None:
+                        row["true_class"] = names[inputs.labels[i]]
+                        if top:
+                            confusion[inputs.labels[i], names.index(top[0][0])] += 1
+                    if error is not None:
+                        unreadable.append(f"  {inputs.files[i]}: {error}")
+                    writer.writerow(row)
+                    listing.file.write(("," if results else "[") + "\n  " + json.dumps(row))
+                    figure = None
+                    if figure_names is not None and top:
+                        figure = out / figure_names[i]
+                        title = f"class: {top[0][0]}   prob: {top[0][1]:.3f}"
+                        write_figure(
+                            prediction_figure(load_rgb(inputs.files[i]), title), figure,
+                            bbox_inches="tight", dpi=100,
+                        )  # fmt: skip
+                    if inputs.single and top:
+                        lines = [f"  {r}. {name:<12} {q:.4f}" for r, (name, q) in enumerate(top, 1)]
+                        log.info("%s (%s)\n%s", inputs.files[i], method, "\n".join(lines))
+                    results.append(
+                        row | {"image": str(inputs.files[i]), "top": top,
+                               "figure": str(figure) if figure else None,
+                               "ten_crop": cfg.ten_crop}
+                    )  # fmt: skip
+                bar.advance(task, len(indices))
+        listing.file.write("\n]\n")
+        table.commit()
+        listing.commit()
+    except BaseException:
+        table.discard()
+        listing.discard()
+        raise
+    seconds = time.perf_counter() - start
+    done = len(inputs.files) - len(unreadable)
+    log.info(
+        "%d images classified (%s) in %.1f s, %.1f images/s; predictions.csv and "
+        "predictions.json in %s", done, method, seconds, done / seconds, out,
+    )  # fmt: skip
+    if unreadable:
+        log.warning(
+            "%d file(s) could not be read and were skipped (listed in predictions.csv):\n%s",
+            len(unreadable), "\n".join(unreadable),
+        )  # fmt: skip
+    if inputs.labels is not None and done:
+        correct = int(confusion.diag().sum())
+        log.info("accuracy %.4f (%d of %d, %s)", correct / done, correct, done, method)
+        title = f"{inputs.base} ({method})"
+        write_figure(confusion_matrix_figure(confusion, names, title), out / "confusion_matrix.png")
     return results
 
 

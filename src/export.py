@@ -1,0 +1,411 @@
+"""Export a checkpoint to run without PyTorch: ``python -m src.export ckpt_path=PATH
+[format=onnx] [output=DIR]``.
+
+Writes into ``output`` (default: this run's folder):
+
+- ``model.onnx``: the network alone, one self-contained file (no external data), a dynamic batch
+  dimension, input ``input`` float32 (batch, 3, crop, crop), the normalised crop; output
+  ``logits`` (batch, classes). Made by ``torch.onnx.export`` with the exporter torch recommends
+  (``dynamo=True``, through ``torch.export``), checked by ``onnx.checker`` and compared with
+  PyTorch's logits by onnxruntime.
+- ``preprocessing.json``: the class names in index order, the resize and crop sizes, mean, std,
+  input scale, and every step from the file to the network's input, in order;
+  ``mean_image.npy`` beside it when the checkpoint subtracts the training set's mean image.
+- ``classify.py``: classifies files or folders with onnxruntime, numpy and Pillow alone, exactly
+  as ``src.predict`` does (the same top-1 class); ``README.md`` says how to run it.
+
+Needs the optional extra: ``pip install -e '.[export]'``.
+"""
+
+import importlib
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from src.checkpoints import evaluation_transform, load_classifier
+from src.data.batch_transform import BatchTransform
+from src.utils import ConfigError, UserError, exit_on_user_error
+from src.utils.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx",)
+EXTRA = "pip install -e '.[export]'"
+# what the exporter (dynamo=True) and the check need
+EXPORT_MODULES = ("onnx", "onnxruntime", "onnxscript")
+INPUT, OUTPUT = "input", "logits"
+QUIET_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
+CENTRE = (
+    "top = int(round((height - size) / 2)), left = int(round((width - size) / 2)), halves "
+    "rounded to even as Python's round does (4.5 -> 4)"
+)
+# onnxruntime against PyTorch on the same inputs
+TOLERANCE = 1e-4
+
+
+def require_export_modules() -> dict[str, Any]:
+    """The export dependencies, or one line saying which extra installs them."""
+    modules, missing = {}, []
+    for name in EXPORT_MODULES:
+        try:
+            modules[name] = importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise UserError(
+            f"src.export needs {', '.join(missing)}, which the optional extra 'export' installs: "
+            f"{EXTRA} (the dev install, '.[dev]', includes it)"
+        )
+    return modules
+
+
+def normalisation(transform: BatchTransform) -> dict[str, list[float]] | None:
+    """(x / 255 - mean) / std as ``normalise`` computes it (``raw``: std 1/255), or None where
+    the crop is taken as it is (``mean_image``)."""
+    if transform.input_scale == "mean_image":
+        return None
+    std = [1 / 255] * 3 if transform.input_scale == "raw" else list(transform.std)
+    return {"mean": [float(m) for m in transform.mean], "std": [float(s) for s in std]}
+
+
+def preprocessing(
+    transform: BatchTransform, resize_size: int, classes: list[str], mean_image: str | None
+) -> dict[str, Any]:
+    """What ``preprocessing.json`` holds: enough to reproduce the network's input in any
+    language, step by step."""
+    crop = transform.crop_size
+    norm = normalisation(transform)
+    steps: list[dict[str, Any]] = [
+        {"step": "decode", "to": "8-bit RGB",
+         "how": "EXIF orientation applied; palette images converted; 16-bit greyscale scaled by "
+                "1/257 and rounded; transparency composited onto white"},
+        {"step": "resize", "short_side": resize_size, "interpolation": "bilinear (Pillow "
+         "Image.BILINEAR, antialiased)",
+         "how": "the short side to short_side, the long side to int(short_side * long / short) "
+                "(rounded down); skipped when the size is already that"},
+        {"step": "centre_crop", "size": resize_size, "how": CENTRE},
+        {"step": "to_float", "layout": "CHW (channels first, R, G, B)", "dtype": "float32",
+         "how": "the 0-255 values as they are"},
+    ]  # fmt: skip
+    if mean_image is not None:
+        steps.append(
+            {"step": "subtract_mean_image", "file": mean_image,
+             "shape": [3, resize_size, resize_size],
+             "how": "x - mean_image, both on the 0-255 scale"}
+        )  # fmt: skip
+    steps.append(
+        {"step": "centre_crop", "size": crop, "how": CENTRE}
+    )  # fmt: skip
+    if norm is not None:
+        steps.append(
+            {"step": "normalise", **norm,
+             "how": "(x * (1 / 255) - mean[c]) / std[c] per channel c, in float32"}
+        )  # fmt: skip
+    steps.append(
+        {"step": "batch", "shape": ["batch", 3, crop, crop], "input": INPUT,
+         "how": "stack the images of a batch along a new first axis (NCHW)"}
+    )  # fmt: skip
+    return {
+        "model": "model.onnx",
+        "input": {"name": INPUT, "shape": ["batch", 3, crop, crop], "dtype": "float32"},
+        "output": {
+            "name": OUTPUT, "shape": ["batch", len(classes)],
+            "meaning": "unnormalised scores; softmax over the last axis gives the probabilities",
+        },
+        "classes": classes,
+        "resize_size": resize_size,
+        "crop_size": crop,
+        "mean": [float(m) for m in transform.mean],
+        "std": [float(s) for s in transform.std],
+        "input_scale": transform.input_scale,
+        "mean_image": mean_image,
+        "normalise": norm,
+        "extensions": list(IMG_EXTENSIONS),
+        "steps": steps,
+        "ten_crop": "optional (classify.py --ten-crop), in place of the last centre_crop: the "
+        "four corner crops and the centre crop of the resize_size square and of its left-right "
+        "mirror image, each normalised; the softmax averaged over the ten",
+    }  # fmt: skip
+
+
+def export_onnx(net: torch.nn.Module, crop: int, path: Path, opset: int | None) -> None:
+    """``net`` as one self-contained ONNX file with a dynamic batch dimension, written
+    atomically."""
+    example = torch.zeros(2, 3, crop, crop)
+    # the exporter's passes log every rewrite at INFO: the run's log keeps only its warnings
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    program = torch.onnx.export(
+        net, (example,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
+        dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset,
+        external_data=False, verbose=False,
+    )  # fmt: skip
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        program.save(tmp, external_data=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def compare(session: Any, net: torch.nn.Module, inputs: torch.Tensor) -> float:
+    """The largest difference between onnxruntime's and PyTorch's logits on ``inputs``, relative
+    to the largest logit where that is above 1."""
+    (onnx_logits,) = session.run([OUTPUT], {INPUT: inputs.numpy()})
+    with torch.inference_mode():
+        torch_logits = net(inputs).numpy()
+    scale = max(1.0, float(np.abs(torch_logits).max()))
+    return float(np.abs(onnx_logits - torch_logits).max()) / scale
+
+
+def export(cfg: DictConfig) -> Path:
+    """Write the exported model folder (see the module's docstring); returns it."""
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"format={cfg.format!r} is not one of {list(FORMATS)}")
+    modules = require_export_modules()
+    model, checkpoint = load_classifier(cfg.ckpt_path)
+    transform = evaluation_transform(checkpoint)
+    data = checkpoint["datamodule_hyper_parameters"]
+    out = Path(cfg.output or cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    net = model.net.eval()
+    crop = transform.crop_size
+    export_onnx(net, crop, out / "model.onnx", cfg.get("opset"))
+    modules["onnx"].checker.check_model(str(out / "model.onnx"), full_check=True)
+    session = modules["onnxruntime"].InferenceSession(
+        str(out / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    difference = compare(session, net, torch.randn(3, 3, crop, crop, generator=torch.Generator()))
+    if difference > TOLERANCE:
+        raise UserError(
+            f"onnxruntime's logits differ from PyTorch's by {difference:.2g} (more than "
+            f"{TOLERANCE}): the export of this network is not faithful; please report it"
+        )
+    mean_image = "mean_image.npy" if transform.input_scale == "mean_image" else None
+    if mean_image is not None:
+        # the 0-255 float32 image the batch transform subtracts, value for value
+        buffer = io.BytesIO()
+        np.save(buffer, transform.mean_image_on(torch.device("cpu")).numpy().astype(np.float32))
+        atomic_write(out / mean_image, buffer.getvalue())
+    else:
+        (out / "mean_image.npy").unlink(missing_ok=True)  # an earlier export's, into this folder
+    spec = preprocessing(transform, data["resize_size"], model.class_names, mean_image)
+    atomic_write(out / "preprocessing.json", json.dumps(spec, indent=2) + "\n")
+    atomic_write(out / "classify.py", CLASSIFY_SCRIPT)
+    atomic_write(out / "README.md", readme(spec, cfg.ckpt_path))
+    size = (out / "model.onnx").stat().st_size
+    log.info(
+        "exported %s: model.onnx (%.1f MB, input %s (batch, 3, %d, %d), output %s (batch, %d); "
+        "onnxruntime matches PyTorch to %.1g), preprocessing.json, classify.py, README.md in %s",
+        cfg.ckpt_path, size / 1e6, INPUT, crop, crop, OUTPUT, len(model.class_names), difference,
+        out,
+    )  # fmt: skip
+    return out
+
+
+def describe(step: dict[str, Any]) -> str:
+    """One step of preprocessing.json as a line of markdown."""
+    values = ", ".join(f"{k}: {v}" for k, v in step.items() if k not in ("step", "how"))
+    return f"`{step['step']}` ({values}): {step['how']}"
+
+
+def readme(spec: dict[str, Any], ckpt_path: str) -> str:
+    steps = "\n".join(f"{i}. {describe(step)}" for i, step in enumerate(spec["steps"], 1))
+    mean_file = (
+        f"\n- `{spec['mean_image']}`: the training set's mean image, float32 (3, "
+        f"{spec['resize_size']}, {spec['resize_size']}) on the 0-255 scale, subtracted before "
+        "the crop."
+        if spec["mean_image"]
+        else ""
+    )
+    return f"""# {len(spec["classes"])}-class image classifier, exported to ONNX
+
+Exported by `python -m src.export` from `{ckpt_path}`. Files:
+
+- `model.onnx`: the network; input `{INPUT}`, float32 (batch, 3, {spec["crop_size"]}, \
+{spec["crop_size"]}); output `{OUTPUT}`, float32 (batch, {len(spec["classes"])}), unnormalised
+  (softmax gives the probabilities); any batch size.
+- `preprocessing.json`: the class names in index order (`classes`), the sizes, mean, std,
+  input scale (`{spec["input_scale"]}`) and the ordered `steps` from an image file to
+  `{INPUT}`.{mean_file}
+- `classify.py`: all of it with onnxruntime, numpy and Pillow alone.
+
+## Run it
+
+```bash
+pip install onnxruntime numpy pillow
+python classify.py path/to/image.jpg                 # path, class, probability, top 5
+python classify.py path/to/folder --csv predictions.csv --batch-size 32
+python classify.py path/to/folder --ten-crop         # softmax averaged over ten crops
+```
+
+It gives the same top-1 class as `python -m src.predict` with the checkpoint.
+
+## Preprocessing, in order
+
+{steps}
+
+From another language (C#, C++, Java, JavaScript): do these steps, feed the batch to any ONNX
+runtime, take the arg max of `{OUTPUT}`; `classes[i]` names class `i`.
+
+## classify.py
+
+```python
+{CLASSIFY_SCRIPT.strip()}
+```
+"""
+
+
+CLASSIFY_SCRIPT = '''\
+"""Classify images with model.onnx and preprocessing.json from this folder, using onnxruntime,
+numpy and Pillow alone (no PyTorch): python classify.py IMAGE_OR_FOLDER [...] [--csv FILE]
+[--top-k 5] [--batch-size 32] [--ten-crop]. One CSV row per image: its path (relative to a
+folder given), top-1 class and probability, the top-k classes and probabilities, and the error
+of a file that could not be read."""
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+from PIL import Image, ImageOps
+
+HERE = Path(__file__).resolve().parent
+SPEC = json.loads((HERE / "preprocessing.json").read_text())
+MEAN_IMAGE = np.load(HERE / SPEC["mean_image"]) if SPEC["mean_image"] else None
+WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def load_rgb(path):
+    """The file as 8-bit RGB (step 1)."""
+    with Image.open(path) as image:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        if image.mode in WIDE_GREY:
+            wide = np.asarray(image, dtype=np.float64)
+            image = Image.fromarray((wide.clip(0, 65535) / 257).round().astype(np.uint8), "L")
+        if image.mode == "P":
+            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        if image.mode in ("RGBA", "LA", "PA"):
+            rgba = image.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("RGB")
+        return image.convert("RGB")
+
+
+def centre(x, size):
+    """The centre size x size of a (..., H, W) array."""
+    height, width = x.shape[-2:]
+    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    return x[..., top : top + size, left : left + size]
+
+
+def normalise(x):
+    """A float32 crop as the network takes it."""
+    if SPEC["normalise"] is None:
+        return x
+    mean = np.float32(SPEC["normalise"]["mean"])[:, None, None]
+    std = np.float32(SPEC["normalise"]["std"])[:, None, None]
+    return (x * np.float32(1 / 255) - mean) / std
+
+
+def preprocess(path, ten_crop=False):
+    """float32 (crops, 3, crop, crop): the steps of preprocessing.json for one file."""
+    image, size, crop = load_rgb(path), SPEC["resize_size"], SPEC["crop_size"]
+    width, height = image.size
+    short, long = sorted((width, height))
+    scaled = (size, int(size * long / short))
+    resized = scaled if width <= height else scaled[::-1]
+    if resized != (width, height):
+        image = image.resize(resized, Image.BILINEAR)
+    x = centre(np.asarray(image).transpose(2, 0, 1), size).astype(np.float32)
+    if MEAN_IMAGE is not None:
+        x = x - MEAN_IMAGE
+    if not ten_crop:
+        return normalise(centre(x, crop))[None]
+    crops = []
+    for square in (x, x[..., ::-1]):  # the square and its mirror image
+        far = size - crop
+        corners = [(0, 0), (0, far), (far, 0), (far, far)]
+        crops += [square[:, t : t + crop, left : left + crop] for t, left in corners]
+        crops.append(centre(square, crop))
+    return np.stack([normalise(c) for c in crops])
+
+
+def image_files(paths):
+    """(file, name in the output) for every file given and every image under a folder given."""
+    for given in map(Path, paths):
+        if given.is_dir():
+            files = sorted(p for p in given.rglob("*") if p.suffix.lower() in SPEC["extensions"])
+            yield from ((p, p.relative_to(given).as_posix()) for p in files if p.is_file())
+        else:
+            yield given, given.name
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("images", nargs="+", help="image files or folders")
+    parser.add_argument("--csv", help="write the table here (default: the standard output)")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--ten-crop", action="store_true")
+    args = parser.parse_args()
+    session = onnxruntime.InferenceSession(
+        str(HERE / SPEC["model"]), providers=onnxruntime.get_available_providers()
+    )
+    classes, k = SPEC["classes"], min(args.top_k, len(SPEC["classes"]))
+    ranked = [f"{name}_{r}" for r in range(1, k + 1) for name in ("class", "probability")]
+    out = open(args.csv, "w", newline="") if args.csv else sys.stdout
+    table = csv.writer(out)
+    table.writerow(["path", "class", "probability", *ranked, "error"])
+    files = list(image_files(args.images))
+    for start in range(0, len(files), args.batch_size):
+        batch, inputs, errors = files[start : start + args.batch_size], {}, {}
+        for i, (path, _) in enumerate(batch):
+            try:
+                inputs[i] = preprocess(path, args.ten_crop)
+            except Exception as err:  # a file that cannot be read is listed and skipped
+                errors[i] = f"{type(err).__name__}: {err}"
+        probs = {}
+        if inputs:
+            feed = {SPEC["input"]["name"]: np.concatenate(list(inputs.values()))}
+            (logits,) = session.run([SPEC["output"]["name"]], feed)
+            logits = logits.reshape(len(inputs), -1, len(classes)).astype(np.float64)
+            p = np.exp(logits - logits.max(-1, keepdims=True))
+            probs = dict(zip(inputs, (p / p.sum(-1, keepdims=True)).mean(1)))
+        for i, (_, name) in enumerate(batch):
+            if i in errors:
+                table.writerow([name] + [""] * (2 + 2 * k) + [errors[i]])
+                continue
+            top = np.argsort(-probs[i], kind="stable")[:k]
+            pairs = [v for c in top for v in (classes[c], f"{probs[i][c]:.6f}")]
+            table.writerow([name] + pairs[:2] + pairs + [""])
+    if args.csv:
+        out.close()
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()
