@@ -90,8 +90,9 @@ def preprocessing(
         {"step": "decode", "to": "8-bit RGB",
          "how": "EXIF orientation applied; palette images converted; 16-bit greyscale scaled by "
                 "1/257 and rounded; transparency composited onto white"},
-        {"step": "resize", "short_side": resize_size, "interpolation": "bilinear (Pillow "
-         "Image.BILINEAR, antialiased)",
+        {"step": "resize", "short_side": resize_size, "interpolation": "bilinear, antialiased "
+         "(training used torchvision's uint8 kernel; Pillow's Image.BILINEAR is within one grey "
+         "level of it)",
          "how": "the short side to short_side, the long side to int(short_side * long / short) "
                 "(rounded down); skipped when the size is already that"},
         {"step": "centre_crop", "size": resize_size, "how": CENTRE},

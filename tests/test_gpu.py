@@ -1,4 +1,4 @@
-"""On an NVIDIA GPU only (scripts/bench_gpu.sh runs them): the GPU switches and the on-device
+"""On an NVIDIA GPU only (bench/bench_gpu.sh runs them): the GPU switches and the on-device
 batch transforms where they are meant to run."""
 
 from pathlib import Path

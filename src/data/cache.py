@@ -31,7 +31,8 @@ from src.utils import usable_cpus
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+# 2: squares resized by torchvision's uint8 kernel (1: by Pillow)
+CACHE_VERSION = 2
 INDEX = "index.json"
 CHUNK = 1024
 

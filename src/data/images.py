@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.transforms.v2 import functional as F
 
 from src.utils.io import atomic_write
 
@@ -45,19 +46,20 @@ def load_rgb(path: str | Path) -> Image.Image:
 
 def square(image: Image.Image, size: int) -> np.ndarray:
     """uint8 (3, S, S): the short side resized to ``size`` (bilinear, antialiased), then the
-    centre square: ``v2.Resize(size)`` + ``v2.CenterCrop(size)`` pixel for pixel, without their
-    per-call overhead. Channels first, as the network takes them: per-image crops of a batch
-    then copy whole rows (20x faster than from channels-last, measured on the CPU)."""
-    width, height = image.size
-    short, long = sorted((width, height))
-    # torchvision's rounding of the long side (int, not round), so both agree on every pixel
-    scaled = (size, int(size * long / short))
-    new_w, new_h = scaled if width <= height else scaled[::-1]
-    if (new_w, new_h) != (width, height):
-        image = image.resize((new_w, new_h), Image.BILINEAR)
-    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
-    pixels = np.asarray(image)[top : top + size, left : left + size]
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    centre square, as ``v2.Resize(size)`` + ``v2.CenterCrop(size)`` do it on a uint8 tensor.
+
+    torchvision's tensor path, not Pillow's: on a 500x375 JPEG its uint8 kernel resizes in 0.9 ms
+    against Pillow's 2.0 ms (within one grey level of it), measured on this project's CPU, and
+    the resize is most of what the pil backend's workers do. Channels first, as the network
+    takes them: per-image crops of a batch then copy whole rows.
+    """
+    pixels = F.pil_to_tensor(image)
+    height, width = pixels.shape[-2:]
+    short, long = sorted((height, width))
+    if short != size:
+        long = int(size * long / short)  # as torchvision rounds it
+        pixels = F.resize(pixels, [size, long] if height <= width else [long, size])
+    return F.center_crop(pixels, [size, size]).contiguous().numpy()
 
 
 def load_square(path: str | Path, size: int) -> np.ndarray:

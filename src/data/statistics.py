@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 SAMPLE_SIZE = 4000
 SAMPLE_SEED = 0
 CHUNK = 256
-STATISTICS_VERSION = 1
+STATISTICS_VERSION = 2  # 2: of the squares of CACHE_VERSION 2
 KEYS = ("mean_image", "eigvals", "eigvecs")
 
 
