@@ -11,6 +11,8 @@
    runs, stopped by Lightning's ``EarlyStopping``: 5-30 minutes, depending on the machine's
    load).
 4. One SGD step of each model preset.
+5. ``src.predict`` on a folder against ``src.eval`` on the same images, images/s with
+   ``data.backend=pil`` (bench/predict_speed.py; with ``--images`` below its default, tiny sets).
 
 Every figure is the median of ``--reps`` repetitions, given with its range; the repetitions of
 the alternatives compared alternate, so a change in the machine's load hits both.
@@ -42,6 +44,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
+from bench.predict_speed import predict_vs_eval
 from src.callbacks import StepClock
 from src.data.batch_transform import IMAGENET_MEAN, IMAGENET_STD
 from src.data.datamodule import ImageFolderDataModule
@@ -490,6 +493,9 @@ def main() -> None:
             "1. Input path": input_path(work, args.images, args.batch, args.workers, reps),
             "2. Framework overhead": framework_overhead(work, args.steps, reps),
             "4. Model presets": presets(112, 32, args.preset_steps),
+            "5. Predict vs eval": predict_vs_eval(
+                work, quick=args.images < parser.get_default("images"), reps=min(reps, 3)
+            ),
         }
     command = "python -m bench.benchmark " + " ".join(sys.argv[1:])
     text = [
