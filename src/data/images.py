@@ -31,7 +31,7 @@ def load_rgb(path: str | Path) -> Image.Image:
     """
     with Image.open(path) as image:
         image.load()
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)
         if image.mode in _WIDE_GREY:
             wide = np.asarray(image, dtype=np.float64)
             image = Image.fromarray((wide.clip(0, 65535) / 257).round().astype(np.uint8), "L")
@@ -41,7 +41,8 @@ def load_rgb(path: str | Path) -> Image.Image:
             rgba = image.convert("RGBA")
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             return Image.alpha_composite(white, rgba).convert("RGB")
-        return image.convert("RGB")
+        # no copy of what is RGB already (convert and exif_transpose would each make one)
+        return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def square(image: Image.Image, size: int) -> np.ndarray:
