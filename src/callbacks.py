@@ -9,6 +9,7 @@ zero only, with the drawings of ``src.experiments.figures``. Throughput is Light
 
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -231,8 +232,6 @@ def resident_mb(pid: int | str = "self") -> float:
     """Memory of a process and all its live descendants (Linux ``/proc``), in MB, as
     proportional set size: a page shared by the main process and its forked loader workers is
     split between them, not counted once per process as in their resident sizes."""
-    from pathlib import Path
-
     total, todo = 0.0, [str(pid)]
     while todo:
         proc = Path("/proc") / todo.pop()
