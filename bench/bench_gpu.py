@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 
-from bench.benchmark import machine, make_jpeg_tree, seed_article_loader, train_config
+from bench.benchmark import machine, seed_article_loader, train_config
+from bench.jpegs import CLASSES, make_jpeg_tree
 from src.data.datamodule import ImageFolderDataModule
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    tree = make_jpeg_tree(args.out / "jpegs", args.images)
+    tree = make_jpeg_tree(args.out / "jpegs", {"train": args.images, "val": CLASSES})
     dm = ImageFolderDataModule(
         root=str(tree), batch_size=args.batch, num_workers=args.workers, backend="cache",
         cache_dir=str(args.out / "cache"), pin_memory=True,

@@ -32,18 +32,17 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from omegaconf import DictConfig
-from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
+from bench.jpegs import CLASSES, JPEG_SIZE, make_jpeg_tree
 from bench.predict_speed import predict_vs_eval
 from src.callbacks import StepClock
 from src.data.batch_transform import IMAGENET_MEAN, IMAGENET_STD
@@ -59,8 +58,6 @@ PRESETS = ("alexnet_half", "alexnet_owt", "alexnet", "cnn4")
 # (batch transform on the CPU included), and Lightning's steady rate / the plain loop's
 GOALS = {"pil": 1.0, "cache": 2.35}
 LIGHTNING_GOAL = 0.91
-JPEG_SIZE = (500, 375)
-CLASSES = 14
 
 
 def train_config(*overrides: str) -> DictConfig:
@@ -92,28 +89,6 @@ def verdict(ratios: list[float], goal: float) -> str:
 
 
 # 1. Input path
-
-
-def make_jpeg_tree(root: Path, count: int) -> Path:
-    """``count`` 500x375 JPEGs in 14 class folders under root/train (and one per class in val/,
-    which the data module requires), made once: smooth colour fields with fine noise, which
-    decode at about the speed of photographs."""
-    done = root / "done.json"
-    if done.is_file() and json.loads(done.read_text()) == {"count": count}:
-        return root
-    rng = np.random.default_rng(0)
-    for i in range(count + CLASSES):
-        split = "train" if i < count else "val"
-        folder = root / split / f"class_{i % CLASSES:02d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
-        smooth = np.asarray(coarse.resize(JPEG_SIZE, Image.BICUBIC), dtype=np.int16)
-        noisy = smooth + rng.integers(-12, 13, smooth.shape, dtype=np.int16)
-        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(
-            folder / f"{i:05d}.jpg", quality=90
-        )
-    done.write_text(json.dumps({"count": count}))
-    return root
 
 
 def images_per_second(
@@ -152,7 +127,7 @@ def seed_article_loader(
 
 def input_path(work: Path, count: int, batch: int, workers: int, reps: int) -> list[str]:
     """Section 1 as markdown lines."""
-    tree = make_jpeg_tree(work / "jpegs", count)
+    tree = make_jpeg_tree(work / "jpegs", {"train": count, "val": CLASSES})
     cache_dir = Path(tempfile.mkdtemp(prefix="cache-", dir=work))
     common = dict(root=str(tree), batch_size=batch, num_workers=workers, cache_dir=str(cache_dir))
     cached = ImageFolderDataModule(backend="cache", **common)

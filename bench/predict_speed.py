@@ -14,18 +14,16 @@ bench/results.md (section 5).
 """
 
 import argparse
-import json
 import logging
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
-from PIL import Image
 
+from bench.jpegs import CLASSES, JPEG_SIZE, make_jpeg_tree
 from src.data.micrographs import ensure_micrographs
 from src.eval import evaluate
 from src.predict import predict
@@ -36,8 +34,6 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 GOAL = 0.8
-JPEG_SIZE = (500, 375)
-CLASSES = 14
 
 
 def config(name: str, out: Path, *overrides: str) -> DictConfig:
@@ -47,28 +43,6 @@ def config(name: str, out: Path, *overrides: str) -> DictConfig:
     with open_dict(cfg):
         cfg.paths.output_dir = str(out)
     return cfg
-
-
-def make_jpegs(root: Path, count: int) -> Path:
-    """``count`` 500x375 JPEGs under root/test in 14 class folders, one per class in train/ and
-    val/ (which the data module requires), made once: smooth colour fields with fine noise, which
-    decode at about the speed of photographs (as bench.benchmark's)."""
-    done = root / "done.json"
-    if done.is_file() and json.loads(done.read_text()) == {"count": count}:
-        return root
-    rng = np.random.default_rng(0)
-    for i in range(count + 2 * CLASSES):
-        split = "test" if i < count else "train" if i < count + CLASSES else "val"
-        folder = root / split / f"class_{i % CLASSES:02d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
-        smooth = np.asarray(coarse.resize(JPEG_SIZE, Image.BICUBIC), dtype=np.int16)
-        noisy = smooth + rng.integers(-12, 13, smooth.shape, dtype=np.int16)
-        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(
-            folder / f"{i:05d}.jpg", quality=90
-        )
-    done.write_text(json.dumps({"count": count}))
-    return root
 
 
 def one_step_checkpoint(run: Path, *data: str) -> Path:
@@ -120,7 +94,8 @@ def predict_vs_eval(work: Path, quick: bool = False, reps: int = 3) -> list[str]
     ensure_micrographs(micrographs, image_size=data.image_size, seed=data.seed, **sizes)
     micrograph_data = [f"data.root={micrographs}", f"data.cache_dir={work / 'cache'}"]
     micrograph_data += [f"data.{k}={v}" for k, v in sizes.items()]
-    jpeg_root = make_jpegs(work.parent / "predict-jpegs", jpegs)
+    counts = {"test": jpegs, "train": CLASSES, "val": CLASSES}
+    jpeg_root = make_jpeg_tree(work.parent / "predict-jpegs", counts)
     jpeg_data = ["data=imagefolder", f"data.root={jpeg_root}", f"data.cache_dir={work / 'cache'}"]
     sets = {
         f"{CLASSES * per_class} test micrographs of {train_cfg.data.image_size} px "
