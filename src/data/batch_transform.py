@@ -181,6 +181,21 @@ class BatchTransform:
         ten_crop: bool = False,
         channels_last: bool = False,
     ) -> torch.Tensor:
+        if images.device.type != "cpu":
+            return self.apply(images, stage, ten_crop, channels_last)
+        # On the CPU the loader's workers already fill the cores: one thread does this
+        # element-wise work with half the CPU time of two (same result, element by element),
+        # measured with the pil backend's workers running
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self.apply(images, stage, ten_crop, channels_last)
+        finally:
+            torch.set_num_threads(threads)
+
+    def apply(
+        self, images: torch.Tensor, stage: str, ten_crop: bool, channels_last: bool
+    ) -> torch.Tensor:
         if self.input_scale == "mean_image":
             images = images.to(torch.float32) - self.mean_image_on(images.device)
         augmented = stage == "train" or (self.augment_val and stage in ("val", "test"))
