@@ -22,7 +22,8 @@ WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def load_rgb(path):
-    """The file as 8-bit RGB (step 1)."""
+    """The file as 8-bit RGB (step 1): src.data.images.load_rgb's rules, restated because this
+    script runs where neither this package nor PyTorch is installed."""
     with Image.open(path) as image:
         image.load()
         image = ImageOps.exif_transpose(image)
