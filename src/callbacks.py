@@ -7,6 +7,7 @@ zero only, with the drawings of ``src.experiments.figures``. Throughput is Light
 ``ThroughputMonitor`` (``images_in`` counts a batch's images for it).
 """
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -14,7 +15,10 @@ from typing import Any
 
 import torch
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 from torch.utils.tensorboard.summary import hparams
 from torchmetrics.classification import MulticlassConfusionMatrix
@@ -26,6 +30,8 @@ from src.experiments.figures import (
     labelled_grid,
 )
 from src.utils import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def images_in(batch: Any) -> int:
@@ -161,6 +167,37 @@ class ValidationConfusionMatrix(Callback):
             find_tensorboard(trainer).experiment.add_image(
                 "val/confusion_matrix", figure_to_array(fig), trainer.global_step, dataformats="HWC"
             )
+
+
+class InterruptCheckpoint(Checkpoint):
+    """When a signal stops training (``src.cluster``): a checkpoint of the step just finished,
+    written atomically over ``last.ckpt``, so ``ckpt_path=last`` and a requeued job continue
+    from it, mid-epoch, loader position included.
+
+    Not Lightning's ``OnExceptionCheckpoint``: that one also saves a diverged run's NaN weights
+    and a step broken off by any error, deletes its file when a run ends, and makes every later
+    ``fit`` without ``ckpt_path`` resume on its own, past this project's checks.
+    """
+
+    def __init__(self, dirpath: str | Path, filename: str = "last") -> None:
+        self.path = Path(dirpath) / f"{filename}.ckpt"
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: Any) -> None:
+        # Lightning raises SIGTERMException only between steps, in every process at once. Not
+        # while testing: the model then holds the best epoch's weights, not the last.
+        stopped = isinstance(exception, SIGTERMException) and not trainer.sanity_checking
+        if not stopped or trainer.state.fn != TrainerFn.FITTING:
+            return
+        start = time.perf_counter()
+        trainer.save_checkpoint(self.path)
+        if trainer.is_global_zero:
+            log.info(
+                "Stopped by a signal: saved epoch %d (counting from 0), step %d, batch %d of the "
+                "epoch, to %s in %.2f s",
+                trainer.current_epoch, trainer.global_step,
+                trainer.fit_loop.epoch_loop.batch_progress.current.completed, self.path,
+                time.perf_counter() - start,
+            )  # fmt: skip
 
 
 class EpochClock(Callback):

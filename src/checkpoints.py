@@ -8,7 +8,7 @@ and loop states, ``epoch``, ``global_step``, the ``callbacks``' states):
   ``model_target``, its class: the model is rebuilt from these alone;
 - ``datamodule_hyper_parameters`` and ``datamodule_target``: every data setting and the data
   module's class, so evaluation needs no config;
-- the data module's ``state_dict`` under its class name: the training generator, a flat
+- the data module's ``state_dict`` under its class name: the seed of its training order, a flat
   folder's split, and the training set's pixel statistics where a setting uses them;
 - ``random_states`` and ``lr_scheduler``: what a resumed run needs to go on as one that never
   stopped;
@@ -32,32 +32,34 @@ from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from src.data.batch_transform import BatchTransform
+from src.models import cnn4
 from src.utils import ConfigError, UserError
 from src.utils.io import atomic_write, load_checkpoint
 
 log = logging.getLogger(__name__)
 
 # 1: before versions were recorded (freeze and lr_mult could be null or absent, data keys added
-# since were absent, MicrographDataModule lived in src.data.datamodule); 2: this layout.
-FORMAT_VERSION = 2
+# since were absent, MicrographDataModule lived in src.data.datamodule); 2: before
+# bias_lr_mult, and CNN4 was the net of cnn4.LEGACY; 3: this layout.
+FORMAT_VERSION = 3
 
 # How a network is trained or run, not what it is: a resumed run may change them (a checkpoint
 # trained on a GPU, with compile and channels-last, resumes on a CPU without them). pretrained is
 # read only when a run starts from scratch: a resumed run takes the checkpoint's weights. Not
-# freeze and lr_mult: they decide the optimizer's parameter groups, whose momentum and
-# (plateau-cut) rates the checkpoint restores group by group.
+# freeze, lr_mult and bias_lr_mult: they decide the optimizer's parameter groups, whose momentum
+# and (plateau-cut) rates the checkpoint restores group by group.
 MODEL_KEYS_RESUME_MAY_CHANGE = (
     "optimizer", "scheduler", "max_lr_drops", "compile", "channels_last", "pretrained",
 )  # fmt: skip
 # What evaluating or resuming may change about a checkpoint's data: where the files are and how
-# they are loaded, never what the model sees.
+# they are loaded or checked, never what the model sees.
 DATA_KEYS_MAY_CHANGE = (
     "root", "batch_size", "num_workers", "pin_memory", "persistent_workers", "ten_crop",
-    "cache_dir", "skip_bad_images", "backend",
+    "cache_dir", "skip_bad_images", "backend", "verify_archives",
 )  # fmt: skip
 # What src.eval and src.predict take of the data settings: where the files are and how they
-# are loaded (ten crops are their own ten_crop=true).
-EVAL_DATA_KEYS = tuple(k for k in DATA_KEYS_MAY_CHANGE if k != "ten_crop")
+# are loaded (ten crops are their own ten_crop=true; data=imagenet's MD5 check is training's).
+EVAL_DATA_KEYS = tuple(k for k in DATA_KEYS_MAY_CHANGE if k not in ("ten_crop", "verify_archives"))
 
 # Defaults of the keys added before versions were recorded: what those runs did without them.
 _V1_MODEL_DEFAULTS = {
@@ -93,6 +95,11 @@ def upgrade(checkpoint: dict[str, Any]) -> dict[str, Any]:
         checkpoint["datamodule_hyper_parameters"] = _V1_DATA_DEFAULTS | data
         target = checkpoint.get("datamodule_target")
         checkpoint["datamodule_target"] = _MOVED.get(target, target)
+    if version < 3:
+        model = checkpoint["hyper_parameters"]
+        model.setdefault("bias_lr_mult", 1.0)
+        if model.get("arch") == f"{cnn4.__name__}.CNN4":
+            model |= {k: v for k, v in cnn4.LEGACY.items() if k not in model}
     checkpoint["format_version"] = FORMAT_VERSION
     return checkpoint
 
@@ -154,8 +161,9 @@ def set_random_states(states: dict[str, Any]) -> None:
 def stamp(checkpoint: dict[str, Any], module: LightningModule) -> None:
     """What ``src.train`` adds to Lightning's checkpoint (the module's ``on_save_checkpoint``)."""
     checkpoint["format_version"] = FORMAT_VERSION
-    # Saved at the end of an epoch: with the data module's generator, these states decide
-    # everything random in the next epoch (dropout, crops, flips, colour noise).
+    # Saved at the end of an epoch or of the step a signal stopped: with the loader's position
+    # and the data module's shuffle seed, these states decide everything random that follows
+    # (the order, dropout, crops, flips, colour noise).
     checkpoint["random_states"] = random_states()
     checkpoint["model_target"] = _target(module)
     datamodule = module.trainer.datamodule if module._trainer is not None else None
@@ -210,8 +218,8 @@ def load_model(checkpoint: dict[str, Any]) -> LightningModule:
 
 def datamodule_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The data module's ``state_dict`` in a checkpoint (Lightning files it under the class
-    name): the training generator and, where used, the training statistics and a flat folder's
-    split."""
+    name): the seed of the training order and, where used, the training statistics and a flat
+    folder's split."""
     return checkpoint.get(checkpoint["datamodule_target"].rsplit(".", 1)[-1], {})
 
 

@@ -14,9 +14,11 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from src.checkpoints import check_resume, restore_datamodule
+from src.cluster import StopSignals, checkpoint_to_resume
 from src.data.folders import write_class_indices
 from src.models.classifier import DivergedError, ImageClassifier, min_input_size
 from src.utils import ConfigError, exit_on_user_error, instantiate_all
@@ -42,6 +44,12 @@ def print_summary(metrics: dict[str, float], trainer: L.Trainer, output_dir: Pat
         f"curves           tensorboard --logdir {output_dir}",
     ]
     log.info("summary\n%s", "\n".join(lines))
+
+
+def batches_done(checkpoint: dict[str, Any]) -> int:
+    """How far into its epoch a checkpoint was written: 0 at an epoch's end."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+    return progress["current"]["completed"] if progress else 0
 
 
 def in_multirun() -> bool:
@@ -115,7 +123,20 @@ def record_divergence(
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit and test as the config says; returns every logged metric as a float."""
+    """Fit and test as the config says; returns every logged metric as a float. A stop signal
+    (``src.cluster``) ends it after a checkpoint of the step in progress, with exit status
+    128 + the signal's number."""
+    signals = StopSignals(is_global_zero=rank_zero_only.rank == 0).install()
+    try:
+        return fit_and_test(cfg, signals)
+    except SIGTERMException:
+        signals.exit()
+        raise
+    finally:
+        signals.uninstall()
+
+
+def fit_and_test(cfg: DictConfig, signals: StopSignals) -> dict[str, float]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -124,33 +145,35 @@ def train(cfg: DictConfig) -> dict[str, float]:
     classes = datamodule.classes
     model: ImageClassifier = instantiate(cfg.model, class_names=classes)
     check_input_size(datamodule.hparams.crop_size, model)
+    ckpt_path = checkpoint_to_resume(cfg.get("ckpt_path"), output_dir)
     start = "started fresh"
-    if cfg.get("ckpt_path"):
-        checkpoint = check_resume(cfg.ckpt_path, model, datamodule)
+    if ckpt_path:
+        checkpoint = check_resume(ckpt_path, model, datamodule)
         restore_datamodule(datamodule, checkpoint)
         start = (
-            f"resumed from {cfg.ckpt_path}: epoch {checkpoint['epoch']} (counting from 0), "
+            f"resumed from {ckpt_path}: epoch {checkpoint['epoch']} (counting from 0), "
             f"step {checkpoint['global_step']}"
         )
+        if done := batches_done(checkpoint):
+            start += f", batch {done} of the epoch (mid-epoch: the loader skips the batches done)"
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=instantiate_all(cfg.get("callbacks")),
         logger=instantiate_all(cfg.get("logger")),
     )
     check_launch(trainer)
+    signals.is_global_zero = trainer.is_global_zero
     if trainer.is_global_zero:
         log.info("%s", config_summary(cfg, model, trainer, start))
         write_class_indices(classes, output_dir / "class_indices.json")
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    if not cfg.get("ckpt_path"):
+    if not ckpt_path:
         model.load_pretrained()
 
     if cfg.get("train"):
         try:
-            trainer.fit(
-                model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True
-            )
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except DivergedError as err:
             if not in_multirun():
                 raise

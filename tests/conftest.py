@@ -40,14 +40,21 @@ def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictCon
 
 
 def run_cli(
-    *args: str, cwd: Path, module: str = "src.train", ok: bool = True, timeout: int = 600
+    *args: str,
+    cwd: Path,
+    module: str = "src.train",
+    ok: bool = True,
+    timeout: int = 600,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """``python -m MODULE ARGS`` in ``cwd``, as a user runs it (this checkout's code); with
-    ``ok``, a failure shows the end of its output."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    """``python -m MODULE ARGS`` in ``cwd``, as a user runs it (this checkout's code), with
+    ``env`` added to the environment; with ``ok``, a failure shows the end of its output. It
+    runs in a process group of its own, which a scheduler's signals can target as SLURM's do."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     result = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        start_new_session=True,
     )  # fmt: skip
     if ok:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]

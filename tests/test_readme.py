@@ -66,6 +66,12 @@ SWITCHES = {
     "`model.pool_kernel`, `model.pool_stride`": ("model", ["pool_kernel", "pool_stride"]),
     "`model.dropout`": ("model", ["dropout"]),
     "`model.init`": ("model", ["init"]),
+    "`model.init_std`": ("model", ["init_std"]),
+    "`model.pools`, `model.act_after_pool`": ("model", ["pools", "act_after_pool"]),
+    "`model.rnorm`, `model.rnorm_size`, `.rnorm_scale`, `.rnorm_pow`": (
+        "model", ["rnorm", "rnorm_size", "rnorm_scale", "rnorm_pow"]
+    ),
+    "`model.bias_lr_mult`": ("model", ["bias_lr_mult"]),
     "`model.optimizer.lr`, `.momentum`, `.weight_decay`": (
         "model", ["optimizer.lr", "optimizer.momentum", "optimizer.weight_decay"]
     ),

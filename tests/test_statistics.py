@@ -183,7 +183,19 @@ def test_bad_pca_noise_is_named(tiny_root, value):
         ImageFolderDataModule(root=str(tiny_root), pca_noise=value)
 
 
-@pytest.mark.parametrize("setting", [{"pca_noise": 0.1}, {"input_scale": "mean_image"}])
-def test_cifar10_refuses_the_image_folder_statistics(tmp_path, setting):
-    with pytest.raises(ConfigError, match="data.pca_noise and data.input_scale=mean_image"):
-        CIFAR10DataModule(root=str(tmp_path), **setting)
+def test_cifar10_measures_every_training_image_at_its_resize_size(tmp_path):
+    from tests.test_cifar10 import write_cifar10
+
+    root = write_cifar10(tmp_path / "cifar10")
+    dm = CIFAR10DataModule(
+        root=str(root), pca_noise=0.1, resize_size=40, crop_size=32, num_workers=0
+    )
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    squares = np.stack([train[i][0].numpy() for i in range(len(train))])
+    expected = statistics.pixel_statistics([squares])
+    assert np.allclose(dm.statistics["mean_image"].numpy(), expected["mean_image"])
+    # the same covariance (eigenvectors are defined up to sign)
+    vals, vecs = dm.statistics["eigvals"].numpy(), dm.statistics["eigvecs"].numpy()
+    covariance = expected["eigvecs"] @ np.diag(expected["eigvals"]) @ expected["eigvecs"].T
+    assert np.allclose(vecs @ np.diag(vals) @ vecs.T, covariance)

@@ -11,7 +11,8 @@ import torch
 from lightning import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from src.data.batch_transform import (
     IMAGENET_MEAN,
@@ -20,9 +21,10 @@ from src.data.batch_transform import (
     TRAIN_CROPS,
     BatchTransform,
 )
-from src.data.cache import CachedImages, as_batch, cache_folder, ensure_cache
+from src.data.cache import CachedImages, cache_folder, ensure_cache
 from src.data.folders import ImageSet, check_image_folder, is_flat
 from src.data.images import find_bad_images, load_square, root_record
+from src.data.loader import EpochShuffle, make_loader
 from src.data.splits import check_unchanged, flat_image_sets, make_split, note_new_split
 from src.data.statistics import KEYS, training_statistics
 from src.utils import ConfigError, UserError
@@ -152,13 +154,10 @@ class ImageFolderDataModule(LightningDataModule):
         # sets the split it evaluates. Training's own validation stays on the centre crop.
         self.ten_crop_splits: set[str] = {"test"} if ten_crop else set()
         self.bad_images: dict[Path, str] = {}
-        # The training order and the loader workers' seeds come from a generator of their own,
-        # seeded by the run's seed and saved in checkpoints (state_dict): a resumed run shuffles
-        # and augments as one that never stopped, whatever the sanity check or validation draw.
-        # Made in setup, in each process: a torch.Generator cannot be sent to ddp_spawn's.
+        # Each epoch's training order comes from this seed (the run's) and the epoch alone
+        # (EpochShuffle); checkpoints carry it (state_dict), so a resumed run shuffles as one
+        # that never stopped, mid-epoch too, whatever the sanity check or validation draw.
         self.seed = torch.initial_seed()
-        self.train_generator: torch.Generator | None = None
-        self._generator_state: torch.Tensor | None = None
         # Training-set pixel statistics (src/data/statistics.py), only where a setting needs
         # them; checkpoints carry them (state_dict), so evaluation never measures other data.
         self.statistics: dict[str, torch.Tensor] | None = None
@@ -286,10 +285,6 @@ class ImageFolderDataModule(LightningDataModule):
         }
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_generator is None:
-            self.train_generator = torch.Generator().manual_seed(self.seed)
-            if self._generator_state is not None:
-                self.train_generator.set_state(self._generator_state)
         self.batch_size_per_device = self.per_device_batch_size()
         self.ensure_statistics()
         if self.transform is None:  # src.eval's comes from the checkpoint
@@ -314,37 +309,31 @@ class ImageFolderDataModule(LightningDataModule):
             split_file = Path(trainer.default_root_dir) / "split.json"
             atomic_write(split_file, json.dumps(self.split, indent=1))
 
-    def loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
+    def loader(self, dataset: Dataset, **kwargs: Any) -> StatefulDataLoader:
         """A loader of uint8 batches over one of this module's datasets (or a part of one)."""
         hp = self.hparams
-        if isinstance(dataset, CachedImages):
-            kwargs["collate_fn"] = as_batch
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size_per_device,
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory and torch.cuda.is_available(),
-            **kwargs,
+        return make_loader(
+            dataset, self.batch_size_per_device, hp.num_workers, hp.pin_memory, **kwargs
         )
 
-    def train_dataloader(self) -> DataLoader:
-        # Fresh workers every epoch, seeded from train_generator: persistent workers would carry
-        # random states of their own across epochs, which no checkpoint holds.
-        return self.loader(self.datasets["train"], shuffle=True, generator=self.train_generator)
+    def train_dataloader(self) -> StatefulDataLoader:
+        # Fresh workers every epoch: they draw nothing random, and need no state between epochs.
+        train = self.datasets["train"]
+        # Lightning makes the loader's first iterator before it sets the epoch: a run resumed
+        # at an epoch's end starts the next one's order from here.
+        epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer else 0
+        return self.loader(train, sampler=EpochShuffle(len(train), self.seed, epoch))
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"train_generator": self.train_generator.get_state()}
+        state: dict[str, Any] = {"shuffle_seed": self.seed}
         if self.split is not None:
             state["split"] = self.split
         return state | (self.statistics or {})
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Also before setup (``datamodule_from_checkpoint``): the generator's state then waits
-        for setup, which makes the generator in the process that uses it."""
-        if self.train_generator is None:
-            self._generator_state = state_dict["train_generator"]
-        else:
-            self.train_generator.set_state(state_dict["train_generator"])
+        """Also before setup (``datamodule_from_checkpoint``)."""
+        # checkpoints of format 2 held a generator's state instead: their run's seed is lost
+        self.seed = state_dict.get("shuffle_seed", self.seed)
         if all(k in state_dict for k in KEYS):
             self.statistics = {k: state_dict[k] for k in KEYS}
             log.info("Pixel statistics taken from the checkpoint")
@@ -352,15 +341,14 @@ class ImageFolderDataModule(LightningDataModule):
             self.split = {name: list(paths) for name, paths in state_dict["split"].items()}
             self.split_origin = "in the checkpoint"
 
-    def _eval_loader(self, split: str) -> DataLoader:
+    def _eval_loader(self, split: str) -> StatefulDataLoader:
         """Each process evaluates its own share of the split and every image exactly once: the
         default distributed sampler pads the shares with repeated images, which biases val/acc.
         """
         trainer = self.trainer
-        # Evaluation has nothing random; its own generator keeps it off the training one's draws.
+        # Evaluation has nothing random: no sampler of its own.
         fixed = {
-            "persistent_workers": self.hparams.persistent_workers and self.hparams.num_workers > 0,
-            "generator": torch.Generator().manual_seed(0),
+            "persistent_workers": self.hparams.persistent_workers and self.hparams.num_workers > 0
         }
         if trainer is None or trainer.world_size == 1:
             return self.loader(self.datasets[split], **fixed)
@@ -372,10 +360,10 @@ class ImageFolderDataModule(LightningDataModule):
         )
         return self.loader(self.datasets[split], sampler=sampler, **fixed)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> StatefulDataLoader:
         return self._eval_loader("val")
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> StatefulDataLoader:
         return self._eval_loader("test")
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

@@ -3,19 +3,20 @@
 list), computed once per data set and resize size and kept as an .npz under ``cache_dir``.
 
 Both input paths see the same pixels: the squares of ``load_square``, read from the decode-once
-cache where it was built (identical pixels, no second decode).
+cache where it was built (identical pixels, no second decode). A data set that exists only as a
+cache (ImageNet's archives) is measured from its rows with ``cached_statistics``.
 """
 
 import io
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from src.data.cache import INDEX, cache_folder, cache_key
+from src.data.cache import INDEX, CachedImages, cache_folder, cache_key
 from src.data.folders import ImageSet, as_image_set
 from src.data.images import load_square
 from src.utils import usable_cpus
@@ -32,12 +33,18 @@ STATISTICS_VERSION = 2  # 2: of the squares of CACHE_VERSION 2
 KEYS = ("mean_image", "eigvals", "eigvecs")
 
 
+def sample(count: int) -> np.ndarray:
+    """Up to ``SAMPLE_SIZE`` of ``count`` positions, sorted: the same ones in every run."""
+    picked = np.random.default_rng(SAMPLE_SEED).choice(
+        count, min(SAMPLE_SIZE, count), replace=False
+    )
+    return np.sort(picked)
+
+
 def sample_rows(samples: list[tuple[str, int]], unreadable: set[str]) -> list[int]:
     """Indices (in ImageFolder's order) of up to ``SAMPLE_SIZE`` readable files, sorted."""
     readable = [i for i, (path, _) in enumerate(samples) if path not in unreadable]
-    count = min(SAMPLE_SIZE, len(readable))
-    picked = np.random.default_rng(SAMPLE_SEED).choice(len(readable), count, replace=False)
-    return sorted(readable[i] for i in picked)
+    return [readable[i] for i in sample(len(readable))]
 
 
 def pixel_statistics(chunks: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
@@ -83,6 +90,22 @@ def _chunks(
             yield np.stack(list(pool.map(load_square, chunk, [resize_size] * len(chunk))))
 
 
+def _load_or_measure(
+    path: Path, measure: Callable[[], dict[str, np.ndarray]]
+) -> dict[str, torch.Tensor]:
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as saved:
+            stats = {k: saved[k] for k in KEYS}
+        log.info("Pixel statistics loaded from %s", path)
+    else:
+        stats = measure()
+        buffer = io.BytesIO()
+        np.savez(buffer, **stats)
+        atomic_write(path, buffer.getvalue())
+        log.info("Pixel statistics saved to %s", path)
+    return {k: torch.from_numpy(v) for k, v in stats.items()}
+
+
 def training_statistics(
     source: str | Path | ImageSet, cache_dir: str | Path, resize_size: int, unreadable: set[str]
 ) -> dict[str, torch.Tensor]:
@@ -90,19 +113,29 @@ def training_statistics(
     ``cache_dir`` when this exact data set (file names, sizes, times) was measured before, else
     computed and saved."""
     train = as_image_set(source)
-    path = statistics_file(train, cache_dir, resize_size)
-    if path.is_file():
-        with np.load(path, allow_pickle=False) as saved:
-            stats = {k: saved[k] for k in KEYS}
-        log.info("Pixel statistics loaded from %s", path)
-    else:
+
+    def measure() -> dict[str, np.ndarray]:
         rows = sample_rows(train.samples, unreadable)
-        stats = pixel_statistics(_chunks(train, rows, cache_dir, resize_size))
-        buffer = io.BytesIO()
-        np.savez(buffer, **stats)
-        atomic_write(path, buffer.getvalue())
-        log.info("Pixel statistics saved to %s", path)
-    return {k: torch.from_numpy(v) for k, v in stats.items()}
+        return pixel_statistics(_chunks(train, rows, cache_dir, resize_size))
+
+    return _load_or_measure(statistics_file(train, cache_dir, resize_size), measure)
+
+
+def cached_statistics(folder: str | Path, cache_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The statistics of a built training cache, from the same number of rows, drawn the same
+    way, as a folder's: for data read only through their cache. Kept under ``cache_dir`` by the
+    cache folder's name, which changes with the data."""
+    folder = Path(folder)
+
+    def measure() -> dict[str, np.ndarray]:
+        cached = CachedImages(folder)  # its rows leave out unreadable images
+        rows = cached.rows[sample(len(cached.rows))]
+        log.info("Pixel statistics from %d cached images of %s", len(rows), folder)
+        chunks = (cached.images[rows[i : i + CHUNK]] for i in range(0, len(rows), CHUNK))
+        return pixel_statistics(np.asarray(chunk) for chunk in chunks)
+
+    path = Path(cache_dir) / "statistics" / f"{folder.name}-v{STATISTICS_VERSION}.npz"
+    return _load_or_measure(path, measure)
 
 
 def pca_offsets(

@@ -30,15 +30,20 @@ def make_activation(name: str) -> nn.Module:
 
 
 def init_weights_(
-    init: str, modules: Sequence[nn.Module], ones_bias: Sequence[nn.Module] = ()
+    init: str,
+    modules: Sequence[nn.Module],
+    ones_bias: Sequence[nn.Module] = (),
+    std: float | Sequence[float] = 0.01,
 ) -> None:
     """``paper`` (section 5): weights ~ N(0, 0.01), biases 1 where listed (so ReLUs start with
-    positive inputs) and 0 elsewhere. ``default`` keeps the framework's initialisation."""
+    positive inputs) and 0 elsewhere. ``default`` keeps the framework's initialisation. ``std``
+    may give each module its own, where a net's published files did (Figure 1's)."""
     if init not in INITS:
         raise ConfigError(f"model.init={init!r} is not one of {list(INITS)}")
+    stds = list(std) if isinstance(std, Sequence) else [std] * len(modules)
     if init == "paper":
-        for m in modules:
-            nn.init.normal_(m.weight, mean=0.0, std=0.01)
+        for m, s in zip(modules, stds, strict=True):
+            nn.init.normal_(m.weight, mean=0.0, std=s)
             nn.init.constant_(m.bias, 1.0 if any(m is o for o in ones_bias) else 0.0)
 
 

@@ -89,14 +89,14 @@ def lr_groups(net: nn.Module, lr_mult: Mapping[str, float]) -> dict[str, list[st
 
 def min_input_size(net: nn.Module) -> int:
     """The smallest square input whose feature maps stay at least 1 px through every convolution
-    and max-pooling of ``net`` (its modules in forward order, as in a Sequential)."""
-    layers = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.MaxPool2d)]
+    and max- or average-pooling of ``net`` (its modules in forward order, as in a Sequential)."""
+    layers = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d)]
 
     def fits(size: int) -> bool:
         for m in layers:
             k, s, p, d = (
                 v if isinstance(v, int) else v[0]
-                for v in (m.kernel_size, m.stride, m.padding, m.dilation)
+                for v in (m.kernel_size, m.stride, m.padding, getattr(m, "dilation", 1))
             )
             span = size + 2 * p - d * (k - 1) - 1
             ceil = getattr(m, "ceil_mode", False)
@@ -121,7 +121,8 @@ class ImageClassifier(LightningModule):
 
     ``pretrained`` (a torchvision AlexNet state dict file, or ``imagenet``) is only a record here:
     ``load_pretrained`` reads it when a training run starts, so a checkpoint never needs the file.
-    ``freeze`` and ``lr_mult`` name modules of the network (``features``, ``classifier.fc8``).
+    ``freeze`` and ``lr_mult`` name modules of the network (``features``, ``classifier.fc8``);
+    ``bias_lr_mult`` multiplies the rate of every bias on top (cuda-convnet's epsB / epsW).
 
     ``compile`` and ``channels_last`` are GPU switches that only the Trainer applies (in
     ``configure_model``): a checkpoint loads and predicts without them.
@@ -140,6 +141,7 @@ class ImageClassifier(LightningModule):
         pretrained: str | None = None,
         freeze: Sequence[str] = (),
         lr_mult: Mapping[str, float] | None = None,
+        bias_lr_mult: float = 1.0,
         **arch_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -154,6 +156,13 @@ class ImageClassifier(LightningModule):
         freeze_modules(self.net, self.hparams.freeze)
         self.lr_mult = self.hparams.lr_mult
         self.lr_groups = lr_groups(self.net, self.lr_mult)
+        mult = bias_lr_mult
+        if isinstance(mult, bool) or not isinstance(mult, int | float) or not 0 < mult < math.inf:
+            raise ConfigError(
+                f"model.bias_lr_mult={mult!r} must be a finite number above 0 (1: biases at "
+                "the weights' rate)"
+            )
+        self.bias_lr_mult = float(mult)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         n = len(self.class_names)
@@ -167,6 +176,8 @@ class ImageClassifier(LightningModule):
                 compute_groups=False,
             )
             setattr(self, f"{stage}_metrics", metrics)
+        # saved in checkpoints: a run stopped mid-epoch resumes the epoch's running totals
+        self.train_metrics.persistent(True)
         # Ten-crop testing (section 4.1): logged beside the centre crop's metrics of the same pass.
         for stage in STAGES[1:]:
             tencrop = MetricCollection(
@@ -290,7 +301,8 @@ class ImageClassifier(LightningModule):
 
     def lr_drops(self) -> int:
         """How many times the plateau scheduler has cut the configured rate, read from the rate
-        itself (so a resumed run counts the cuts made before it)."""
+        itself (so a resumed run counts the cuts made before it). Every group's ``lr_mult`` is
+        its whole multiple, ``bias_lr_mult`` included, so any group tells."""
         group = self.lr_scheduler.optimizer.param_groups[0]
         configured = self.optimizer_factory.keywords["lr"] * group.get("lr_mult", 1)
         current = group["lr"]
@@ -338,16 +350,23 @@ class ImageClassifier(LightningModule):
 
     def param_groups(self) -> list[nn.Parameter] | list[dict[str, Any]]:
         """The trainable parameters; with ``lr_mult``, one group per multiple, named after its
-        module (``base`` for the rest), so LearningRateMonitor logs ``lr-SGD/classifier.fc8``."""
+        module (``base`` for the rest), so LearningRateMonitor logs ``lr-SGD/classifier.fc8``.
+        With ``bias_lr_mult``, each splits its biases off into ``<name>.bias`` at that multiple
+        of its own (``base.bias``, ``fc.bias``). With neither, one plain list, as checkpoints
+        from before both hold it."""
         params = dict(self.net.named_parameters())
-        if not self.lr_mult:
+        if not self.lr_mult and self.bias_lr_mult == 1:
             return [params[name] for name in self.lr_groups[""]]
-        return [
-            {
-                "params": [params[p] for p in names],
-                "name": name or "base",
-                "lr_mult": self.lr_mult.get(name, 1.0),
-            }
-            for name, names in self.lr_groups.items()
-            if names
-        ]
+        groups = []
+        for module, names in self.lr_groups.items():
+            mult, name = self.lr_mult.get(module, 1.0), module or "base"
+            biases = [p for p in names if p.endswith(".bias")] if self.bias_lr_mult != 1 else []
+            weights = [p for p in names if p not in biases]
+            for label, members, m in (
+                (name, weights, mult), (f"{name}.bias", biases, mult * self.bias_lr_mult)
+            ):  # fmt: skip
+                if members:
+                    groups.append(
+                        {"params": [params[p] for p in members], "name": label, "lr_mult": m}
+                    )
+        return groups

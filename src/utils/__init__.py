@@ -3,6 +3,7 @@
 import logging
 import os
 from collections.abc import Callable
+from datetime import datetime
 from functools import wraps
 from typing import Any
 
@@ -95,3 +96,25 @@ def on_gpu(accelerator: str, if_gpu: Any, otherwise: Any) -> Any:
 
 
 OmegaConf.register_new_resolver("on_gpu", on_gpu, replace=True)
+
+
+def slurm_job() -> str | None:
+    """This SLURM job's id as ``scontrol`` takes it (``ARRAYJOB_TASK`` in an array), or None."""
+    if "SLURM_ARRAY_JOB_ID" in os.environ and "SLURM_ARRAY_TASK_ID" in os.environ:
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def run_id() -> str:
+    """``${run_id:}``, the run folder's name: under SLURM the job's id (``slurm-JOB``, with
+    ``.STEP`` for a job step), the same in every process of the job and after every requeue,
+    so a requeued job finds its checkpoints; elsewhere the start time, to the microsecond."""
+    job = slurm_job()
+    if job is None:
+        return datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    step = os.environ.get("SLURM_STEP_ID")
+    return f"slurm-{job}" + (f".{step}" if step is not None else "")
+
+
+# cached: every use within one config reads one value, as with Hydra's ${now:...}
+OmegaConf.register_new_resolver("run_id", run_id, use_cache=True, replace=True)

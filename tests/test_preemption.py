@@ -1,0 +1,153 @@
+"""What a cluster does to a run, without a cluster: SLURM's requeue signal and its SIGTERM and
+SIGKILL, a plain SIGTERM, and submitit's own interruption. Each stopped run saves mid-epoch,
+exits non-zero, and its continuation ends with bit for bit the uninterrupted run's weights and
+metrics."""
+
+import os
+import signal
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+from lightning import Callback, Trainer
+
+from src.utils.io import load_checkpoint
+from tests.conftest import job_dirs, run_cli, scalars
+
+STOP_AT_STEP = 17  # of 14 per epoch: 3 batches into the second epoch
+
+
+class SignalAtStep(Callback):
+    """Sends a signal, as a scheduler would, once training has finished step ``step``: to the
+    whole process group (``kill -SIG -PGID``, loader workers included) or to this process only
+    (as submitit interrupts a job)."""
+
+    def __init__(self, step: int, name: str, group: bool = True) -> None:
+        self.step, self.signum, self.group = step, getattr(signal, name), group
+
+    def on_train_batch_end(self, trainer: Trainer, *_: object) -> None:
+        if trainer.global_step == self.step:
+            if self.group:
+                os.killpg(os.getpgrp(), self.signum)
+            else:
+                os.kill(os.getpid(), self.signum)
+
+
+def signal_at(name: str, group: bool = True) -> list[str]:
+    target = "+callbacks.signal_at"
+    return [
+        f"{target}._target_=tests.test_preemption.SignalAtStep", f"{target}.step={STOP_AT_STEP}",
+        f"{target}.name={name}", f"{target}.group={str(group).lower()}",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def args(tiny_root: Path) -> list[str]:
+    """Two epochs of 14 steps (batch 2), deterministic, no test pass."""
+    from tests.conftest import micrograph_overrides, quick_overrides
+
+    tiny = micrograph_overrides(tiny_root) + quick_overrides(Path("logs"))
+    tiny = [o for o in tiny if not o.startswith(("data.batch_size", "data.num_workers"))]
+    return [*tiny, "data.batch_size=2", "trainer.max_epochs=2", "trainer.deterministic=true",
+            "test=false", "seed=3"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(args: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    run_cli(*args, "data.num_workers=0", f"hydra.run.dir={run_dir}", cwd=run_dir)
+    return run_dir
+
+
+def assert_same_end(run_dir: Path, reference: Path) -> None:
+    expected = load_checkpoint(reference / "checkpoints" / "last.ckpt")
+    resumed = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert resumed["epoch"] == expected["epoch"] == 1
+    assert resumed["global_step"] == expected["global_step"] == 28
+    for name, tensor in expected["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], tensor), name
+    curves, resumed_curves = scalars(reference), scalars(run_dir)
+    for tag in ("train/loss", "train/acc", "val/acc", "val/loss", "val/acc_best"):
+        assert resumed_curves[tag][-1] == curves[tag][-1], tag
+
+
+def assert_saved_mid_epoch(run_dir: Path) -> None:
+    saved = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    progress = saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"]
+    assert (saved["epoch"], saved["global_step"], progress) == (1, STOP_AT_STEP, 3)
+
+
+@pytest.fixture
+def scontrol(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A stand-in for SLURM's ``scontrol``, first on PATH: it records its arguments, and for
+    ``requeue`` does what SLURM then does to the job: SIGTERM to its processes, SIGKILL later."""
+    calls, bin_dir = tmp_path / "scontrol_calls", tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "scontrol"
+    script.write_text(
+        "#!/bin/bash\n"
+        f'echo "$@" >> {calls}\n'
+        'pgid=$(ps -o pgid= $PPID | tr -d " ")\n'
+        '(sleep 0.5; kill -TERM -- -"$pgid"; sleep 20; kill -KILL -- -"$pgid") '
+        ">/dev/null 2>&1 &\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    slurm = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1",
+        "SLURM_JOB_NAME": "alexnet", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost",
+    }  # fmt: skip
+    return calls, slurm
+
+
+@pytest.mark.slow
+def test_slurm_requeue_signal_saves_requeues_and_the_rerun_continues(
+    args, uninterrupted, scontrol, tmp_path
+):
+    """pil backend with two loader workers, all signalled with the main process."""
+    calls, slurm = scontrol
+    run = [*args, "data.backend=pil", "data.num_workers=2", *signal_at("SIGUSR1")]
+    stopped = run_cli(*run, cwd=tmp_path, env=slurm, ok=False)
+    assert stopped.returncode == 128 + signal.SIGUSR1, stopped.stderr[-3000:]
+    assert calls.read_text().split() == ["requeue", "4242"]
+    run_dir = tmp_path / "logs" / "train" / "runs" / "slurm-4242"
+    assert_saved_mid_epoch(run_dir)
+
+    # SLURM starts the same command again, counting the restart: no ckpt_path needed
+    rerun = run_cli(*run, cwd=tmp_path, env=slurm | {"SLURM_RESTART_COUNT": "1"})
+    log = (run_dir / "train.log").read_text()
+    assert f"step {STOP_AT_STEP}, batch 3 of the epoch" in log
+    assert "This job was requeued" in rerun.stderr + log
+    assert_same_end(run_dir, uninterrupted)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_mid_epoch_exits_143_and_ckpt_path_last_resumes(
+    args, uninterrupted, tmp_path
+):
+    """cache backend with two loader workers."""
+    run_dir = tmp_path / "run"
+    run = [*args, "data.backend=cache", "data.num_workers=2", f"hydra.run.dir={run_dir}"]
+    stopped = run_cli(*run, *signal_at("SIGTERM"), cwd=tmp_path, ok=False)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert_saved_mid_epoch(run_dir)
+
+    # the same folder again without ckpt_path: refused, nothing overwritten
+    refused = run_cli(*run, cwd=tmp_path, ok=False)
+    assert refused.returncode == 1 and "ckpt_path=last" in refused.stdout + refused.stderr
+    run_cli(*run, "ckpt_path=last", cwd=tmp_path)
+    assert_same_end(run_dir, uninterrupted)
+
+
+@pytest.mark.slow
+def test_submitit_interruption_requeues_the_job_into_its_own_folder(args, uninterrupted, tmp_path):
+    """hydra/launcher=submitit_local; the job gets submitit's own signal (SIGUSR2), as
+    ``LocalJob._interrupt`` sends it, and submitit restarts it."""
+    sweep = ["-m", *args, "data.num_workers=0", "hydra/launcher=submitit_local",
+             "hydra.launcher.timeout_min=10", *signal_at("SIGUSR2", group=False)]  # fmt: skip
+    run_cli(*sweep, cwd=tmp_path)
+    (job,) = job_dirs(tmp_path / "logs")
+    log = (job / "train.log").read_text()
+    assert f"step {STOP_AT_STEP}, batch 3 of the epoch" in log
+    assert_same_end(job, uninterrupted)
