@@ -105,7 +105,8 @@ class StopSignals:
             # submitit's handler requeues and exits at once: it runs after the save instead
             self.submitit_handler = usr2
             self._take(signal.SIGUSR2)
-        elif "SLURM_JOB_ID" in os.environ:
+        if "SLURM_JOB_ID" in os.environ:
+            # also under submitit, where it only stops: one requeue path per launcher
             self._take(signal.SIGUSR1)
         # Lightning's handler replaces this one during fit; it covers the time before and after
         self._take(signal.SIGTERM)
@@ -119,7 +120,7 @@ class StopSignals:
         if first:
             self.received, self.received_at = signum, time.perf_counter()
             log.warning("Received %s: stopping after this step", signal.Signals(signum).name)
-        self.requeue_slurm |= signum == signal.SIGUSR1
+        self.requeue_slurm |= signum == signal.SIGUSR1 and self.submitit_handler is None
         lightning = signal.getsignal(signal.SIGTERM)
         if lightning == self._stop:
             # Not fitting: nothing to save; stop now, unless already stopping (SLURM follows

@@ -11,16 +11,15 @@ import stat
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.io
 import torch
 from PIL import Image
 from torchvision.datasets.utils import calculate_md5
 
+from bench.imagenet_build import write_archive_set
 from src.checkpoints import check_resume, load_classifier
 from src.data import cache, imagenet
 from src.data.cache import CachedImages
@@ -47,66 +46,6 @@ def jpeg(colour: tuple[int, int, int]) -> bytes:
     return buffer.getvalue()
 
 
-def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def tar_bytes(members: dict[str, bytes], mode: str = "w") -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=mode) as tar:
-        for name, data in members.items():
-            add(tar, name, data)
-    return buffer.getvalue()
-
-
-def meta_mat(leaves: dict[int, str]) -> bytes:
-    """meta.mat as the devkit has it: a (synsets, 1) struct array, the leaves first (IDs 1 ...),
-    then synsets above them, one of which sorts before every leaf."""
-    fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children"]
-    fields += ["wordnet_height", "num_train_images"]
-    rows = [
-        (i, wnid, WORDS.get(wnid, wnid), f"a {wnid}", 0, np.zeros((1, 0)), 0, TRAIN_PER_CLASS)
-        for i, wnid in leaves.items()
-    ]
-    top = len(leaves) + 1
-    rows += [
-        (top, "n00000000", "fish", "a fish", 2, np.array([[2.0, 3.0]]), 1, 0),
-        (top + 1, "n99999999", "entity", "anything", 2, np.array([[1.0, top]]), 2, 0),
-    ]
-    synsets = np.zeros((len(rows), 1), dtype=[(f, object) for f in fields])
-    for r, row in enumerate(rows):
-        for field, value in zip(fields, row, strict=True):
-            synsets[r, 0][field] = float(value) if isinstance(value, int) else value
-    buffer = io.BytesIO()
-    scipy.io.savemat(buffer, {"synsets": synsets})
-    return buffer.getvalue()
-
-
-def write_archive_set(
-    folder: Path, leaves: dict[int, str], train: dict[str, list[bytes]], val: dict[int, bytes],
-    truth: list[int],
-) -> Path:  # fmt: skip
-    """The three archives: ``train`` JPEGs per wnid, ``val`` by image number (1, 2, ...),
-    ``truth`` the ILSVRC2012_ID of each validation image."""
-    folder.mkdir(parents=True)
-    with tarfile.open(folder / "ILSVRC2012_img_train.tar", "w") as tar:
-        for wnid, images in train.items():
-            files = {f"{wnid}_{k}.JPEG": data for k, data in enumerate(images, start=1)}
-            add(tar, f"{wnid}.tar", tar_bytes(files))
-    files = {f"ILSVRC2012_val_{i:08d}.JPEG": data for i, data in val.items()}
-    (folder / "ILSVRC2012_img_val.tar").write_bytes(tar_bytes(files))
-    data = "ILSVRC2012_devkit_t12/data"
-    devkit = {
-        f"{data}/meta.mat": meta_mat(leaves),
-        f"{data}/ILSVRC2012_validation_ground_truth.txt": "".join(f"{i}\n" for i in truth).encode(),
-        "ILSVRC2012_devkit_t12/COPYING": b"devkit\n",
-    }
-    (folder / "ILSVRC2012_devkit_t12.tar.gz").write_bytes(tar_bytes(devkit, "w:gz"))
-    return folder
-
-
 def write_archives(folder: Path, bad_val: int | None = None) -> Path:
     """The tiny set, each class a solid colour; ``bad_val``: that validation image truncated."""
     # the classes in ID order, not sorted; the validation images last first: labels come from
@@ -115,7 +54,7 @@ def write_archives(folder: Path, bad_val: int | None = None) -> Path:
     val = {i: jpeg(COLOURS[LEAVES[TRUTH[i - 1]]]) for i in range(len(TRUTH), 0, -1)}
     if bad_val is not None:
         val[bad_val] = val[bad_val][:200]
-    return write_archive_set(folder, LEAVES, train, val, TRUTH)
+    return write_archive_set(folder, LEAVES, train, val, TRUTH, WORDS)
 
 
 def listing(folder: Path) -> list[tuple]:
@@ -340,44 +279,3 @@ def test_command_line_trains_and_evaluates_on_the_archives(archives, tmp_path):
         f"ckpt_path={best}", "trainer.accelerator=cpu", module="src.eval", cwd=tmp_path
     )
     assert "centre crop" in result.stdout + result.stderr
-
-
-def build_rate(work: Path, count: int) -> None:
-    """The cache build's images/s and bytes per image on the tiny set and on ``count``
-    photograph-like 500x375 JPEGs (bench/jpegs.py) in 14 classes, at 256 px:
-    ``python -m tests.test_imagenet [COUNT]``. Not a test: a measurement for docs/data.md."""
-    from bench.jpegs import make_jpeg_tree
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    shutil.rmtree(work / "archives", ignore_errors=True)
-    shutil.rmtree(work / "cache", ignore_errors=True)
-    tree = make_jpeg_tree(work / "jpegs", {"train": count}) / "train"
-    folders = sorted(tree.iterdir())
-    leaves = {i: f"n{i:08d}" for i in range(1, len(folders) + 1)}
-    train = {
-        leaves[i]: [p.read_bytes() for p in sorted(folder.iterdir())]
-        for i, folder in enumerate(folders, start=1)
-    }
-    sets = {
-        "tiny set, 72 px": (write_archives(work / "archives" / "tiny"), SIZE),
-        f"{count} JPEGs of 500x375, 256 px": (
-            write_archive_set(work / "archives" / "photos", leaves, train, {}, []),
-            256,
-        ),
-    }
-    for name, (root, size) in sets.items():
-        dm = ImageNetDataModule(root=str(root), cache_dir=str(work / "cache" / root.name),
-                                resize_size=size, crop_size=size)  # fmt: skip
-        start = time.perf_counter()
-        folder = dm.ensure_split_cache("train")
-        seconds = time.perf_counter() - start
-        images = CachedImages(folder)
-        size_on_disk = sum(p.stat().st_size for p in folder.rglob("images.npy"))
-        logging.getLogger(__name__).info(
-            "%s: %d training images in %.2f s = %.0f images/s, %.0f bytes/image",
-            name, len(images), seconds, len(images) / seconds, size_on_disk / len(images),
-        )  # fmt: skip
-
-
-if __name__ == "__main__":
-    build_rate(Path("/tmp/imagenet-build-rate"), int(sys.argv[1]) if len(sys.argv) > 1 else 2000)

@@ -127,7 +127,7 @@ def test_a_diverged_job_is_recorded_and_the_sweep_and_report_go_on(tiny_override
     published net's relu runs stay finite at 1e6 over these two tiny epochs)."""
     result = run_cli(
         "experiment=relu_vs_tanh", *tiny_overrides, "model.optimizer.lr=1e20",
-        "trainer.max_epochs=2", cwd=tmp_path,
+        "relu_vs_tanh.step=best", "trainer.max_epochs=2", cwd=tmp_path,
     )  # fmt: skip
     jobs = {p.name: p for p in (tmp_path / "logs" / "train" / "multiruns").glob("*/*_lr*")}
     diverged = {name for name, job in jobs.items() if (job / "diverged.json").is_file()}

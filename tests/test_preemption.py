@@ -13,7 +13,15 @@ import torch
 from lightning import Callback, Trainer
 
 from src.utils.io import load_checkpoint
-from tests.conftest import job_dirs, run_cli, scalars
+from tests.conftest import (
+    ROOT,
+    compose,
+    job_dirs,
+    micrograph_overrides,
+    quick_overrides,
+    run_cli,
+    scalars,
+)
 
 STOP_AT_STEP = 17  # of 14 per epoch: 3 batches into the second epoch
 
@@ -45,8 +53,6 @@ def signal_at(name: str, group: bool = True) -> list[str]:
 @pytest.fixture(scope="module")
 def args(tiny_root: Path) -> list[str]:
     """Two epochs of 14 steps (batch 2), deterministic, no test pass."""
-    from tests.conftest import micrograph_overrides, quick_overrides
-
     tiny = micrograph_overrides(tiny_root) + quick_overrides(Path("logs"))
     tiny = [o for o in tiny if not o.startswith(("data.batch_size", "data.num_workers"))]
     return [*tiny, "data.batch_size=2", "trainer.max_epochs=2", "trainer.deterministic=true",
@@ -151,3 +157,21 @@ def test_submitit_interruption_requeues_the_job_into_its_own_folder(args, uninte
     log = (job / "train.log").read_text()
     assert f"step {STOP_AT_STEP}, batch 3 of the epoch" in log
     assert_same_end(job, uninterrupted)
+
+
+def test_the_sbatch_example_composes_into_a_folder_named_after_the_job(monkeypatch):
+    """docs/examples/train.sbatch as SLURM would run it: its srun command composes, asks for
+    the requeue signal, and every task and requeue of the job gets the same run folder."""
+    script = (ROOT / "docs" / "examples" / "train.sbatch").read_text()
+    assert "#SBATCH --signal=SIGUSR1@90" in script and "#SBATCH --requeue" in script
+    command = script[script.index("srun python -m src.train") :].replace("\\\n", " ").split()
+    overrides = [o.replace("$USER", "someone") for o in command[4:]]
+    for name, value in {"SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0"}.items():
+        monkeypatch.setenv(name, value)
+    cfg = compose("train", overrides)
+    assert cfg.data._target_ == "src.data.imagenet.ImageNetDataModule"
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 4
+    assert cfg.hydra.run.dir.endswith("logs/train/runs/slurm-77.0")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "70")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert compose("train", overrides).hydra.run.dir.endswith("runs/slurm-70_3.0")

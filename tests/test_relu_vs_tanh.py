@@ -108,7 +108,7 @@ def test_ratios_pair_runs_by_seed_value_not_position():
 def sweep(tmp: Path, tiny_root: Path, *overrides: str) -> tuple[Path, str]:
     """Run ``python -m src.train OVERRIDES`` at tiny sizes in tmp; its single sweep folder."""
     tiny = micrograph_overrides(tiny_root) + quick_overrides(tmp / "logs")
-    tiny += ["trainer.max_epochs=2", "model.optimizer.lr=0.01"]
+    tiny += ["trainer.max_epochs=2", "model.optimizer.lr=0.01", "relu_vs_tanh.step=best"]
     done = run_cli(*overrides, *tiny, cwd=tmp)
     (sweep_dir,) = (tmp / "logs").glob("*/multiruns/*")
     return sweep_dir, done.stdout

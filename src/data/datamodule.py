@@ -321,8 +321,12 @@ class ImageFolderDataModule(LightningDataModule):
         train = self.datasets["train"]
         # Lightning makes the loader's first iterator before it sets the epoch: a run resumed
         # at an epoch's end starts the next one's order from here.
-        epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer else 0
-        return self.loader(train, sampler=EpochShuffle(len(train), self.seed, epoch))
+        trainer = self.trainer
+        if trainer is None:
+            return self.loader(train, sampler=EpochShuffle(train, self.seed))
+        epoch = trainer.fit_loop.epoch_progress.current.processed
+        order = EpochShuffle(train, self.seed, epoch, trainer.world_size, trainer.global_rank)
+        return self.loader(train, sampler=order)
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"shuffle_seed": self.seed}

@@ -4,13 +4,13 @@ saves in checkpoints, with a training order that a run resumed mid-epoch draws a
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 from types import FrameType
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from src.data.cache import CachedImages, as_batch
@@ -20,9 +20,11 @@ def epoch_order(size: int, seed: int, epoch: int) -> list[int]:
     return np.random.default_rng((seed, epoch)).permutation(size).tolist()
 
 
-class EpochShuffle(Sampler[int]):
-    """A new order every epoch, drawn from (seed, epoch) alone; Lightning calls ``set_epoch``
-    (under DDP through its sampler wrapper, which then shares the order out).
+class EpochShuffle(DistributedSampler):
+    """A new order every epoch, drawn from (seed, epoch) alone, and this process's share of it
+    under DDP (every ``num_replicas``-th index from ``rank``, padded with the first ones so that
+    every process gets as many). Lightning calls ``set_epoch``, and leaves a DistributedSampler
+    as it is.
 
     Not a sampler drawing from a running generator: StatefulDataLoader makes a spare iterator
     of it with workers, and again when it restores a position, so the order would depend on the
@@ -30,28 +32,32 @@ class EpochShuffle(Sampler[int]):
     iterator's state, which StatefulDataLoader saves and restores.
     """
 
-    def __init__(self, size: int, seed: int, epoch: int = 0) -> None:
-        self.size, self.seed, self.epoch = size, seed, epoch
-
-    def set_epoch(self, epoch: int) -> None:
+    def __init__(
+        self, dataset: Sized, seed: int, epoch: int = 0, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.epoch = epoch
 
-    def __len__(self) -> int:
-        return self.size
-
     def __iter__(self) -> "EpochOrder":
-        return EpochOrder(self.size, self.seed, self.epoch)
+        return EpochOrder(self, self.epoch)
 
 
 class EpochOrder(Iterator[int]):
     """One epoch of an ``EpochShuffle``, which can say where it is and go back there."""
 
-    def __init__(self, size: int, seed: int, epoch: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, epoch
-        self.order, self.position = epoch_order(size, seed, epoch), 0
+    def __init__(self, sampler: EpochShuffle, epoch: int) -> None:
+        self.sampler = sampler
+        self.start(epoch, 0)
+
+    def start(self, epoch: int, position: int) -> None:
+        sampler = self.sampler
+        order = epoch_order(len(sampler.dataset), sampler.seed, epoch)
+        order += order[: sampler.total_size - len(order)]
+        self.epoch, self.position = epoch, position
+        self.order = order[sampler.rank : sampler.total_size : sampler.num_replicas]
 
     def __next__(self) -> int:
-        if self.position == self.size:
+        if self.position == len(self.order):
             raise StopIteration
         self.position += 1
         return self.order[self.position - 1]
@@ -62,10 +68,10 @@ class EpochOrder(Iterator[int]):
     def load_state_dict(self, state: dict[str, int]) -> None:
         # Restored before Lightning sets the epoch: the saved epoch decides the order. A
         # checkpoint of an epoch's end holds that epoch, done: the run goes on with the next.
-        self.epoch, self.position = state["epoch"], state["position"]
-        if self.position >= self.size:
-            self.epoch, self.position = self.epoch + 1, 0
-        self.order = epoch_order(self.size, self.seed, self.epoch)
+        if state["position"] >= len(self.order):
+            self.start(state["epoch"] + 1, 0)
+        else:
+            self.start(state["epoch"], state["position"])
 
 
 # How long a loader worker goes on serving after a stop signal: enough for the main process to

@@ -200,13 +200,21 @@ def _fmt_seconds(entry: dict[str, Any]) -> str:
 def summary_table(summary: dict[str, Any]) -> str:
     """A Markdown table, one row per condition and activation (seeds comma-separated)."""
     target = summary["target_train_error"]
-    entries = [c[a] for c in summary["conditions"].values() for a in ACTIVATIONS if a in c]
-    grids = {tuple(e["lrs_tried"]) for e in entries}
-    grid = (
-        ", ".join(f"{lr:g}" for lr in next(iter(grids)))
-        if len(grids) == 1
-        else "the rates its condition tried (lrs_tried in results.json)"
-    )
+    by_activation = {
+        a: {tuple(c[a]["lrs_tried"]) for c in summary["conditions"].values() if a in c}
+        for a in ACTIVATIONS
+    }
+    grids = {grid for tried in by_activation.values() for grid in tried}
+    if len(grids) == 1:
+        grid = ", ".join(f"{lr:g}" for lr in next(iter(grids)))
+    elif all(len(tried) == 1 for tried in by_activation.values() if tried):
+        grid = "; ".join(
+            f"{a} {', '.join(f'{lr:g}' for lr in next(iter(tried)))}"
+            for a, tried in by_activation.items()
+            if tried
+        )
+    else:
+        grid = "the rates its condition tried (lrs_tried in results.json)"
     lines = [
         f"Epochs to {target:.0%} training error; learning rate chosen per activation from "
         f"{grid} (* at the edge of the grid: widen it).",
@@ -260,6 +268,22 @@ class ReluVsTanhReport(HydraCallback):
         self.target = target
         self.condition_keys = list(condition_keys)
         self.figure = figure
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A rate typed on the command line would be every step's: the same job, run thrice."""
+        task = {
+            o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[-1]
+            for o in config.hydra.overrides.task
+        }
+        steps = task.get("relu_vs_tanh.step", config.hydra.sweeper.params.get("relu_vs_tanh.step"))
+        if "model.optimizer.lr" in task and "," in str(steps or ""):
+            # Hydra turns a callback's exceptions into warnings and goes on: stop here instead.
+            log.error(
+                "model.optimizer.lr=%s gives every step of relu_vs_tanh.step=%s the same rate. "
+                "Add relu_vs_tanh.step=best to race at these rates, or set each activation's "
+                "grid: relu_vs_tanh.rates.relu.lower=...", task["model.optimizer.lr"], steps,
+            )  # fmt: skip
+            raise SystemExit(1)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
