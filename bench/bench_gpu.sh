@@ -3,6 +3,10 @@
 #
 #   bash bench/bench_gpu.sh [options of python -m bench.bench_gpu]
 #
+# With CIFAR-10's python batches placed next to it ($CIFAR10, default bench/cifar10, holding
+# cifar-10-batches-py/), it then runs the paper's Figure 1 headline on them: the published
+# four-layer net, ReLU against tanh, seed 0, into $OUT/figure1/ (figure1.png, results.md).
+#
 # Writes $OUT/results.md (default ./bench_gpu_out). Uses the torch and torchvision installed
 # here (torch >= 2.11, torchvision >= 0.26) and never installs either; any other missing
 # dependency comes from the wheels in $WHEELS (default bench/wheels, filled beforehand on a
@@ -36,7 +40,7 @@ modules = {
     "lightning": "lightning", "torchmetrics": "torchmetrics", "hydra": "hydra-core",
     "omegaconf": "omegaconf", "tensorboard": "tensorboard", "rich": "rich",
     "matplotlib": "matplotlib", "PIL": "pillow", "numpy": "numpy", "scipy": "scipy",
-    "pytest": "pytest",
+    "torchdata": "torchdata", "pytest": "pytest",
 }
 print(" ".join(pip for module, pip in modules.items() if importlib.util.find_spec(module) is None))
 PY
@@ -58,3 +62,10 @@ fi
 
 timeout 120 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider
 timeout 240 "$PYTHON" -m bench.bench_gpu --out "$OUT" "$@"
+
+CIFAR10="${CIFAR10:-bench/cifar10}"
+if [ -d "$CIFAR10/cifar-10-batches-py" ]; then
+    timeout 600 "$PYTHON" -m src.train experiment=relu_vs_tanh data=cifar10 data.root="$CIFAR10" \
+        trainer=gpu seed=0 callbacks.progress_bar=null hydra.sweep.dir="$OUT/figure1"
+    cat "$OUT/figure1/results.md"
+fi

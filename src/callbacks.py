@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -169,14 +168,15 @@ class ValidationConfusionMatrix(Callback):
             )
 
 
-class InterruptCheckpoint(Checkpoint):
+class InterruptCheckpoint(Callback):
     """When a signal stops training (``src.cluster``): a checkpoint of the step just finished,
     written atomically over ``last.ckpt``, so ``ckpt_path=last`` and a requeued job continue
     from it, mid-epoch, loader position included.
 
     Not Lightning's ``OnExceptionCheckpoint``: that one also saves a diverged run's NaN weights
     and a step broken off by any error, deletes its file when a run ends, and makes every later
-    ``fit`` without ``ckpt_path`` resume on its own, past this project's checks.
+    ``fit`` without ``ckpt_path`` resume on its own, past this project's checks. A plain callback,
+    not a ``Checkpoint``: runs with ``trainer.enable_checkpointing=false`` may keep it.
     """
 
     def __init__(self, dirpath: str | Path, filename: str = "last") -> None:

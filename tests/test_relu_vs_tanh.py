@@ -56,7 +56,7 @@ def test_a_rate_at_the_end_of_the_grid_is_flagged():
     assert "| all | relu | 0.1* | 2 |" in summary_table(summary)
     assert "from 0.001, 0.01, 0.1 (*" in summary_table(summary)
     summary = summarise([*runs, run("tanh", 0.01, [0.2])])
-    assert "from the rates its condition tried" in summary_table(summary)
+    assert "from relu 0.001, 0.01, 0.1; tanh 0.01 (*" in summary_table(summary)
     curves[0.1] = [0.9, 0.9]
     entry = summarise([run("relu", lr, e) for lr, e in curves.items()])["conditions"]["all"]
     assert entry["relu"]["lr"] == 0.01 and not entry["relu"]["lr_at_grid_edge"]
