@@ -164,8 +164,9 @@ def test_the_sbatch_example_composes_into_a_folder_named_after_the_job(monkeypat
     the requeue signal, and every task and requeue of the job gets the same run folder."""
     script = (ROOT / "docs" / "examples" / "train.sbatch").read_text()
     assert "#SBATCH --signal=SIGUSR1@90" in script and "#SBATCH --requeue" in script
-    command = script[script.index("srun python -m src.train") :].replace("\\\n", " ").split()
-    overrides = [o.replace("$USER", "someone") for o in command[4:]]
+    data = script[script.index('DATA="') + 6 :].split('"')[0]
+    command = script[script.index("srun python -m src.train") :].split("\n")[0].split()
+    overrides = " ".join(command[4:]).replace("$DATA", data).replace("$USER", "someone").split()
     for name, value in {"SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0"}.items():
         monkeypatch.setenv(name, value)
     cfg = compose("train", overrides)
