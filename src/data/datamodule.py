@@ -221,20 +221,24 @@ class ImageFolderDataModule(LightningDataModule):
         images = self.split_images().values()
         files = list(dict.fromkeys(Path(path) for split in images for path, _ in split.samples))
         bad = find_bad_images(files, self.verdicts_file())
+        self.settle_bad_images(bad, len(files), f"files under '{self.root}'")
+        return bad
+
+    def settle_bad_images(self, bad: dict[Path, str], total: int, where: str) -> None:
+        """Stop with the full list of unreadable images, or with ``skip_bad_images`` say how
+        many are left out (once) and keep them in ``bad_images``."""
         if bad and not self.hparams.skip_bad_images:
             listing = "\n".join(f"  {path}: {problem}" for path, problem in bad.items())
             raise BadImagesError(
-                f"{len(bad)} of {len(files)} files under '{self.root}' are not readable images:\n"
-                f"{listing}\nFix or remove them, or run with data.skip_bad_images=true to train "
-                "without them."
+                f"{len(bad)} of {total} {where} are not readable images:\n{listing}\nFix or "
+                "remove them, or run with data.skip_bad_images=true to train without them."
             )
         if bad and bad != self.bad_images:
             log.warning(
-                "Skipping %d unreadable image(s) of %d under %s (data.skip_bad_images=true)",
-                len(bad), len(files), self.root,
+                "Skipping %d unreadable image(s) of %d %s (data.skip_bad_images=true)",
+                len(bad), total, where,
             )  # fmt: skip
         self.bad_images = bad
-        return bad
 
     def prepare_cache(self) -> None:
         """Build the decode-once cache of every split that lacks one. Lightning runs

@@ -28,7 +28,7 @@ from torchvision.datasets.imagenet import ARCHIVE_META
 from torchvision.datasets.utils import calculate_md5
 
 from src.data.cache import CACHE_VERSION, INDEX, CachedImages, Chunk, ensure_chunked_cache
-from src.data.datamodule import BadImagesError, ImageFolderDataModule
+from src.data.datamodule import ImageFolderDataModule
 from src.data.statistics import cached_statistics
 from src.utils import ConfigError, MissingFileError, UserError
 from src.utils.io import atomic_write
@@ -315,19 +315,7 @@ class ImageNetDataModule(ImageFolderDataModule):
             index = json.loads((folder / INDEX).read_text())
             total += index["count"]
             bad |= {Path(ARCHIVES[split], name): why for name, why in index["unreadable"].items()}
-        if bad and not self.hparams.skip_bad_images:
-            listing = "\n".join(f"  {path}: {problem}" for path, problem in bad.items())
-            raise BadImagesError(
-                f"{len(bad)} of {total} images in the archives under '{self.root}' are not "
-                f"readable images:\n{listing}\nRun with data.skip_bad_images=true to train "
-                "without them."
-            )
-        if bad and bad != self.bad_images:
-            log.warning(
-                "Skipping %d unreadable image(s) of %d in the archives under %s "
-                "(data.skip_bad_images=true)", len(bad), total, self.root,
-            )  # fmt: skip
-        self.bad_images = bad
+        self.settle_bad_images(bad, total, f"images in the archives under '{self.root}'")
         return bad
 
     def ensure_statistics(self) -> None:
