@@ -13,6 +13,9 @@
 4. One SGD step of each model preset.
 5. ``src.predict`` on a folder against ``src.eval`` on the same images, images/s with
    ``data.backend=pil`` (bench/predict_speed.py; with ``--images`` below its default, tiny sets).
+6. The training operations of ``data.augment`` per batch on the CPU: the default list and one
+   more operation each, a torchvision transform listed as it is among them
+   (bench/augment_cost.py).
 
 Every figure is the median of ``--reps`` repetitions, given with its range; the repetitions of
 the alternatives compared alternate, so a change in the machine's load hits both.
@@ -42,6 +45,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
+from bench.augment_cost import operation_costs
 from bench.jpegs import CLASSES, JPEG_SIZE, make_jpeg_tree
 from bench.predict_speed import predict_vs_eval
 from src.callbacks import StepClock
@@ -471,6 +475,7 @@ def main() -> None:
             "5. Predict vs eval": predict_vs_eval(
                 work, quick=args.images < parser.get_default("images"), reps=min(reps, 3)
             ),
+            "6. Training operations": operation_costs(reps),
         }
     command = "python -m bench.benchmark " + " ".join(sys.argv[1:])
     text = [

@@ -15,9 +15,12 @@ and loop states, ``epoch``, ``global_step``, the ``callbacks``' states):
 - ``format_version``: ``upgrade`` brings any older checkpoint to ``FORMAT_VERSION`` as it is read.
 """
 
+import errno
+import inspect
 import io
 import logging
 import random
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
-from hydra.utils import get_class
+from hydra.utils import get_class, get_object
 from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -40,8 +43,11 @@ log = logging.getLogger(__name__)
 
 # 1: before versions were recorded (freeze and lr_mult could be null or absent, data keys added
 # since were absent, MicrographDataModule lived in src.data.datamodule); 2: before
-# bias_lr_mult, and CNN4 was the net of cnn4.LEGACY; 3: this layout.
-FORMAT_VERSION = 3
+# bias_lr_mult, and CNN4 was the net of cnn4.LEGACY; 3: the training augmentation was three
+# switches (augment, train_crop, pca_noise); 4: this layout. A key added with a default needs
+# no new version: a checkpoint without it gets the default (``with_defaults``), which must
+# reproduce what the code did before the key existed.
+FORMAT_VERSION = 4
 
 # How a network is trained or run, not what it is: a resumed run may change them (a checkpoint
 # trained on a GPU, with compile and channels-last, resumes on a CPU without them). pretrained is
@@ -100,8 +106,30 @@ def upgrade(checkpoint: dict[str, Any]) -> dict[str, Any]:
         model.setdefault("bias_lr_mult", 1.0)
         if model.get("arch") == f"{cnn4.__name__}.CNN4":
             model |= {k: v for k, v in cnn4.LEGACY.items() if k not in model}
+    if version < 4:
+        data = checkpoint.setdefault("datamodule_hyper_parameters", {})
+        data["augment"] = operations_of_switches(data)
     checkpoint["format_version"] = FORMAT_VERSION
     return checkpoint
+
+
+def operations_of_switches(data: dict[str, Any]) -> dict[str, Any]:
+    """``data.augment`` of a format-3 checkpoint's three switches (removed from ``data``): the
+    crop (random or random-resized) and the flip where ``augment`` was on, PCA colour noise
+    where ``pca_noise`` was above 0, in the order they drew their random numbers."""
+    ops: dict[str, Any] = {}
+    crop = (
+        "RandomResizedCrop"
+        if data.pop("train_crop", "random") == "random_resized"
+        else "RandomCrop"
+    )
+    if data.pop("augment", True):
+        ops["crop"] = {"_target_": f"src.data.augment.{crop}"}
+        ops["flip"] = {"_target_": "src.data.augment.HorizontalFlip"}
+    noise = data.pop("pca_noise", 0.0)
+    if noise:
+        ops["pca_noise"] = {"_target_": "src.data.augment.PCANoise", "std": noise}
+    return ops
 
 
 def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
@@ -125,7 +153,12 @@ class SafeCheckpointIO(TorchCheckpointIO):
     ) -> None:
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        atomic_write(path, buffer.getvalue())
+        try:
+            atomic_write(path, buffer.getvalue())
+        except OSError as err:
+            raise CheckpointWriteError(
+                unwritten(Path(path), buffer.getbuffer().nbytes, err)
+            ) from None
 
     def load_checkpoint(
         self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
@@ -133,6 +166,28 @@ class SafeCheckpointIO(TorchCheckpointIO):
         # also Lightning's own files, such as ddp_spawn's weights handed back to the main process
         checkpoint = load_checkpoint(path, map_location=map_location or "cpu")
         return upgrade(checkpoint) if "hyper_parameters" in checkpoint else checkpoint
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint that could not be written: the run stops with one line, and the file it
+    would have replaced is left as it was (``atomic_write``)."""
+
+
+def unwritten(path: Path, size: int, err: OSError) -> str:
+    """What stopped a checkpoint, and what is left: the file, the bytes it needs and those free
+    on its disk, and the previous checkpoint, intact."""
+    folder = next((p for p in (path.parent, *path.parents) if p.exists()), Path.cwd())
+    free = shutil.disk_usage(folder).free
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        cause, remedy = "no permission to write there", "make the folder writable"
+    else:
+        cause, remedy = err.strerror or str(err), "free some space"
+    previous = "is intact" if path.is_file() else "was never written (none)"
+    return (
+        f"Could not write the checkpoint '{path}': {cause} ({size:,} bytes needed, {free:,} "
+        f"free on its disk). The previous checkpoint there {previous}; {remedy}, then resume "
+        f"with ckpt_path=last hydra.run.dir={path.parent.parent}."
+    )
 
 
 def random_states() -> dict[str, Any]:
@@ -188,6 +243,36 @@ def contradictions(
     ]  # fmt: skip
 
 
+def signature_defaults(target: Any) -> dict[str, Any]:
+    """The keyword defaults of a class (its ``__init__``s up the MRO, through ``**kwargs``) or a
+    function: what a saved setting without that key stood for."""
+    functions = [target]
+    if isinstance(target, type):
+        functions = [c.__dict__["__init__"] for c in target.__mro__ if "__init__" in c.__dict__]
+    defaults: dict[str, Any] = {}
+    for function in functions:
+        for name, param in inspect.signature(function).parameters.items():
+            if param.default is not inspect.Parameter.empty:
+                defaults.setdefault(name, param.default)
+    return defaults
+
+
+def with_defaults(settings: Mapping[str, Any], target: Any = None) -> dict[str, Any]:
+    """``settings`` with every default of ``target`` (a class or function; else the mapping's own
+    ``_target_``) that it lacks, and the same for every ``{_target_: ...}`` node inside it (the
+    training operations, say): two settings compare equal when they build the same thing, so a
+    key added since a checkpoint was written never reads as a change."""
+    if target is None and "_target_" in settings:
+        try:
+            target = get_object(settings["_target_"])
+        except Exception:  # noqa: BLE001 - not importable here: compared as written
+            target = None
+    filled = signature_defaults(target) if target is not None else {}
+    for key, value in settings.items():
+        filled[key] = with_defaults(value) if isinstance(value, Mapping) else value
+    return filled
+
+
 def check_resume(
     ckpt_path: str | Path, model: LightningModule, datamodule: LightningDataModule
 ) -> dict[str, Any]:
@@ -197,10 +282,15 @@ def check_resume(
     what the upgraded checkpoint recorded. Returns the checkpoint."""
     checkpoint = read_checkpoint(ckpt_path)
     conflicts = contradictions(
-        "model", model.hparams, checkpoint["hyper_parameters"], MODEL_KEYS_RESUME_MAY_CHANGE
+        "model",
+        with_defaults(model.hparams, type(model)),
+        with_defaults(checkpoint["hyper_parameters"], get_object(checkpoint["model_target"])),
+        MODEL_KEYS_RESUME_MAY_CHANGE,
     )
-    saved_data = checkpoint["datamodule_hyper_parameters"]
-    conflicts += contradictions("data", datamodule.hparams, saved_data, DATA_KEYS_MAY_CHANGE)
+    data_class = get_object(checkpoint["datamodule_target"])
+    saved_data = with_defaults(checkpoint["datamodule_hyper_parameters"], data_class)
+    requested = with_defaults(datamodule.hparams, type(datamodule))
+    conflicts += contradictions("data", requested, saved_data, DATA_KEYS_MAY_CHANGE)
     if conflicts:
         raise ConfigError(
             f"ckpt_path={ckpt_path} was trained with other settings: {'; '.join(conflicts)}. "
@@ -243,19 +333,14 @@ def datamodule_from_checkpoint(
     settings = checkpoint["datamodule_hyper_parameters"] | requested
     datamodule = get_class(checkpoint["datamodule_target"])(**settings)
     restore_datamodule(datamodule, checkpoint)
-    datamodule.transform = evaluation_transform(checkpoint)
     return datamodule
 
 
 def evaluation_transform(checkpoint: dict[str, Any]) -> BatchTransform:
-    """The batch transform the checkpoint's model was validated with: its sizes, normalisation
-    and, where used, the training set's mean image it carries. Call it with stage ``predict``
-    (the centre crop) or ``ten_crop=True``."""
-    state = datamodule_state(checkpoint)
-    statistics = {k: state[k] for k in ("mean_image", "eigvals", "eigvecs") if k in state}
-    return BatchTransform.from_settings(
-        checkpoint["datamodule_hyper_parameters"], statistics or None
-    )
+    """The batch transform the checkpoint's model was validated with, its training operations
+    left out: its sizes, normalisation and, where used, the training set's mean image it
+    carries. Call it with stage ``predict`` (the centre crop) or ``ten_crop=True``."""
+    return datamodule_from_checkpoint(checkpoint).evaluation_transform()
 
 
 def refuse_data_overrides(

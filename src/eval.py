@@ -19,6 +19,7 @@ from src.checkpoints import (
 )
 from src.experiments.figure4 import write_figure4
 from src.utils import ConfigError, exit_on_user_error, instantiate_all
+from src.utils.renamed import refuse_renamed
 
 log = logging.getLogger(__name__)
 
@@ -73,5 +74,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_renamed()
     refuse_data_overrides()
     main()

@@ -42,6 +42,7 @@ from src.data.images import image_files, load_rgb, load_square
 from src.experiments.figures import confusion_matrix_figure, prediction_figure
 from src.utils import ConfigError, MissingFileError, exit_on_user_error
 from src.utils.io import write_figure
+from src.utils.renamed import refuse_renamed
 
 log = logging.getLogger(__name__)
 
@@ -309,5 +310,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_renamed()
     refuse_data_overrides(allowed=("batch_size", "num_workers"))
     main()

@@ -23,6 +23,7 @@ from src.data.folders import write_class_indices
 from src.models.classifier import DivergedError, ImageClassifier, min_input_size
 from src.utils import ConfigError, exit_on_user_error, instantiate_all
 from src.utils.io import atomic_write
+from src.utils.renamed import refuse_renamed
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,8 @@ def fit_and_test(cfg: DictConfig, signals: StopSignals) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
+    if cfg.get("train"):
+        datamodule.operations()  # data.augment built now: a mistake stops the run before work
     classes = datamodule.classes
     model: ImageClassifier = instantiate(cfg.model, class_names=classes)
     check_input_size(datamodule.hparams.crop_size, model)
@@ -201,4 +204,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    refuse_renamed()
     main()

@@ -8,16 +8,22 @@ from PIL import Image
 from scipy.stats import binomtest, chisquare, ks_2samp
 from torchvision.transforms import v2
 
-from src.data.batch_transform import (
-    BatchTransform,
-    normalise,
-    random_crops,
-    random_resized_crops,
-    ten_crops,
-)
+from src.data.augment import HorizontalFlip, RandomCrop, RandomResizedCrop
+from src.data.batch_transform import BatchTransform, normalise, ten_crops
 from src.data.images import square
 
 SIZE, CROP = 8, 4  # five possible offsets per axis
+
+
+def random_crops(images: torch.Tensor, crop_size: int) -> torch.Tensor:
+    """The paper's training crop and flip, as data.augment's default operations run them."""
+    transform = BatchTransform(crop_size)
+    return HorizontalFlip()(RandomCrop()(images, transform), transform)
+
+
+def random_resized_crops(images: torch.Tensor, crop_size: int) -> torch.Tensor:
+    transform = BatchTransform(crop_size)
+    return HorizontalFlip()(RandomResizedCrop()(images, transform), transform)
 
 
 def coordinates(batch: int) -> torch.Tensor:
@@ -77,11 +83,9 @@ def test_normalise_equals_the_per_image_transforms(input_scale):
     per_image = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, scale)])
     expected = torch.stack([per_image(image) for image in images])
     assert torch.equal(normalise(images, mean, std, input_scale), expected)
-    offset = torch.randn(4, 3)
-    shifted = normalise(images, mean, std, input_scale, offset=offset, channels_last=True)
-    assert shifted.is_contiguous(memory_format=torch.channels_last)
-    added = offset[:, :, None, None].expand_as(expected)
-    assert torch.allclose(shifted - expected, added, atol=1e-4)
+    batch = BatchTransform(6, mean, std, input_scale)(images, "val", channels_last=True)
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(batch, expected)
 
 
 def test_random_resized_crops_draw_as_torchvision():

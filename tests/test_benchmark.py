@@ -23,3 +23,4 @@ def test_bench_writes_its_tables(tmp_path):
     assert "seed article" in text and "`data.backend=cache`" in text and "Cache build" in text
     assert "`data.backend=pil`" in text and "Goals, × article" in text and "litdata" not in text
     assert "Lightning / plain, steady state" in text and "`alexnet_owt`" in text
+    assert "v2.ColorJitter`, per image" in text

@@ -51,7 +51,7 @@ def test_offline_error_names_the_files_and_folder(tmp_path):
 
 
 def test_reads_the_pickle_format(cifar_root):
-    dm = CIFAR10DataModule(root=str(cifar_root), batch_size=4, num_workers=0, augment=False)
+    dm = CIFAR10DataModule(root=str(cifar_root), batch_size=4, num_workers=0, augment=None)
     dm.prepare_data()
     dm.setup("fit")
     assert len(dm.datasets["train"]) == 20 and len(dm.datasets["val"]) == 6

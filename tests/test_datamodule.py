@@ -108,9 +108,10 @@ def eval_batches(dm: ImageFolderDataModule, split: str) -> torch.Tensor:
 @pytest.mark.parametrize("backend", ["pil", "cache"])
 def test_augment_val_and_resized_crops_on_both_backends(tiny_root, tmp_path, backend):
     """augment_val: validation and test draw the training crops anew every pass (the seed
-    article's recipe); without it they are the fixed centre crop. train_crop=random_resized
+    article's recipe); without it they are the fixed centre crop. A random-resized crop
     trains on crop_size crops."""
-    options = {"backend": backend, "cache_dir": str(tmp_path), "train_crop": "random_resized"}
+    resized = {"crop": {"_target_": "src.data.augment.RandomResizedCrop"}}
+    options = {"backend": backend, "cache_dir": str(tmp_path), "augment": resized}
     dm = make_module(tiny_root, augment_val=True, **options)
     dm.prepare_data()
     dm.setup("fit")
@@ -125,8 +126,6 @@ def test_augment_val_and_resized_crops_on_both_backends(tiny_root, tmp_path, bac
     assert torch.equal(eval_batches(fixed, "val"), eval_batches(fixed, "val"))
 
 
-def test_training_crop_settings_are_checked(tiny_root):
-    with pytest.raises(ValueError, match="data.train_crop='centre'"):
-        make_module(tiny_root, train_crop="centre")
+def test_augment_val_is_checked(tiny_root):
     with pytest.raises(ValueError, match="data.augment_val='yes'"):
         make_module(tiny_root, augment_val="yes")

@@ -215,7 +215,7 @@ def test_an_undecodable_image_in_the_archive_is_named_or_skipped(tmp_path):
 def test_the_paper_recipe_composes_on_imagenet(order):
     cfg = compose("train", [*order.split(), "data.root=/archives"])
     assert cfg.data._target_ == "src.data.imagenet.ImageNetDataModule"
-    assert cfg.data.input_scale == "mean_image" and cfg.data.pca_noise == 0.1
+    assert cfg.data.input_scale == "mean_image" and cfg.data.augment.pca_noise.std == 0.1
     assert cfg.data.backend == "cache"
     assert cfg.data.verify_archives is False and cfg.model.arch == "src.models.alexnet.AlexNet"
 

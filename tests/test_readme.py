@@ -40,22 +40,25 @@ def grouped(group: str, names: tuple[str, ...], keys: list[str]) -> str:
     """The presets with each combination of values, as the switch table writes them:
     "`a`, `b`: 1, 2; `c`: 3, 4". Presets without the first key are left out; a key that is
     null ends the value list with "none"; a config node (a key that only says "present") is
-    not shown."""
+    not shown, an operation's ``_target_`` by its class name; no preset with the key: "none"."""
     by_value: dict[str, list[str]] = {}
     for name in names:
         values = [OmegaConf.select(preset(group, name), key, default="missing") for key in keys]
         if values[0] == "missing":
             continue
         shown = []
-        for value in values:
+        for key, value in zip(keys, values, strict=True):
             if value == "missing":
                 break
-            if not OmegaConf.is_dict(value):
+            if key.endswith("._target_"):
+                shown.append(value.rsplit(".", 1)[-1])
+            elif not OmegaConf.is_dict(value):
                 shown.append(fmt(value))
             if value is None:
                 break
         by_value.setdefault(", ".join(shown), []).append(f"`{name}`")
-    return "; ".join(f"{', '.join(presets)}: {value}" for value, presets in by_value.items())
+    cells = [f"{', '.join(presets)}: {value}" for value, presets in by_value.items()]
+    return "; ".join(cells) or "none"
 
 
 SWITCHES = {
@@ -79,13 +82,13 @@ SWITCHES = {
         "model", ["scheduler", "scheduler.factor", "scheduler.patience"]
     ),
     "`model.max_lr_drops`": ("model", ["max_lr_drops"]),
-    "`data.resize_size`, `data.crop_size`, `data.augment`": (
-        "data", ["resize_size", "crop_size", "augment"]
+    "`data.resize_size`, `data.crop_size`": ("data", ["resize_size", "crop_size"]),
+    "`data.augment.crop`, `data.augment.flip`": (
+        "data", ["augment.crop._target_", "augment.flip._target_"]
     ),
-    "`data.train_crop`": ("data", ["train_crop"]),
     "`data.augment_val`": ("data", ["augment_val"]),
     "`data.ten_crop`": ("data", ["ten_crop"]),
-    "`data.pca_noise`": ("data", ["pca_noise"]),
+    "`data.augment.pca_noise.std`": ("data", ["augment.pca_noise.std"]),
     "`data.input_scale`": ("data", ["input_scale"]),
     "`data.batch_size`": ("data", ["batch_size"]),
 }  # fmt: skip

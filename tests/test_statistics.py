@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from src.data import statistics
-from src.data.batch_transform import BatchTransform
 from src.data.cache import ensure_cache
 from src.data.cifar10 import CIFAR10DataModule
 from src.data.datamodule import ImageFolderDataModule
@@ -87,9 +86,10 @@ def test_statistics_of_a_folder_are_measured_once_and_cached_outside_the_data(
 
 
 def noise_module(root: Path, input_scale: str, pca_noise: float) -> ImageFolderDataModule:
+    noise = {"_target_": "src.data.augment.PCANoise", "std": pca_noise}
     dm = ImageFolderDataModule(
         root=str(root), resize_size=8, crop_size=6, std=STD, input_scale=input_scale,
-        pca_noise=pca_noise, num_workers=0,
+        augment={"pca_noise": noise} if pca_noise else None, num_workers=0,
     )  # fmt: skip
     dm.statistics = synthetic_statistics(8)
     return dm
@@ -97,7 +97,7 @@ def noise_module(root: Path, input_scale: str, pca_noise: float) -> ImageFolderD
 
 def train_and_val(dm: ImageFolderDataModule, count: int) -> tuple:
     """Training and validation inputs of ``count`` copies of one constant-colour square."""
-    transform = BatchTransform.from_settings(dm.hparams, dm.statistics)
+    transform = dm.make_transform()
     images = torch.full((count, 3, 8, 8), 100, dtype=torch.uint8)
     return transform(images, "train"), transform(images, "val")
 
@@ -157,7 +157,7 @@ def test_mean_image_and_pca_noise_train_evaluate_and_predict_from_the_checkpoint
 ):
     cache_dir = tmp_path / "cache"
     cfg = train_config(
-        "data.input_scale=mean_image", "data.pca_noise=0.1", f"data.backend={backend}",
+        "data.input_scale=mean_image", "+data/augment=pca_noise", f"data.backend={backend}",
         f"data.cache_dir={cache_dir}",
     )  # fmt: skip
     metrics = train(cfg)
@@ -179,8 +179,9 @@ def test_mean_image_and_pca_noise_train_evaluate_and_predict_from_the_checkpoint
 
 @pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf"), True, "high"])
 def test_bad_pca_noise_is_named(tiny_root, value):
-    with pytest.raises(ConfigError, match="data.pca_noise"):
-        ImageFolderDataModule(root=str(tiny_root), pca_noise=value)
+    noise = {"pca_noise": {"_target_": "src.data.augment.PCANoise", "std": value}}
+    with pytest.raises(ConfigError, match="data.augment.pca_noise: std="):
+        ImageFolderDataModule(root=str(tiny_root), augment=noise).operations()
 
 
 def test_cifar10_measures_every_training_image_at_its_resize_size(tmp_path):
@@ -188,7 +189,11 @@ def test_cifar10_measures_every_training_image_at_its_resize_size(tmp_path):
 
     root = write_cifar10(tmp_path / "cifar10")
     dm = CIFAR10DataModule(
-        root=str(root), pca_noise=0.1, resize_size=40, crop_size=32, num_workers=0
+        root=str(root),
+        augment={"pca_noise": {"_target_": "src.data.augment.PCANoise"}},
+        resize_size=40,
+        crop_size=32,
+        num_workers=0,
     )
     dm.setup("fit")
     train = dm.datasets["train"]

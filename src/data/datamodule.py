@@ -3,24 +3,20 @@ micrographs."""
 
 import json
 import logging
-import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from src.data.batch_transform import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    INPUT_SCALES,
-    TRAIN_CROPS,
-    BatchTransform,
-)
+from src.data.augment import CROPS_AND_FLIPS, BatchOperation, build_operations, check_augment
+from src.data.batch_transform import IMAGENET_MEAN, IMAGENET_STD, INPUT_SCALES, BatchTransform
 from src.data.cache import CachedImages, cache_folder, ensure_cache
 from src.data.folders import ImageSet, check_image_folder, is_flat
 from src.data.images import find_bad_images, load_square, root_record
@@ -61,13 +57,7 @@ def check_data_config(hp: Any) -> None:
             f"data.mean={list(hp.mean)} and data.std={list(hp.std)} need three values each "
             "(R, G, B), the std above 0"
         )
-    noise = hp.pca_noise
-    if isinstance(noise, bool) or not isinstance(noise, int | float) or not math.isfinite(noise):
-        raise ConfigError(f"data.pca_noise={noise!r} must be a number (0 turns it off)")
-    if noise < 0:
-        raise ConfigError(f"data.pca_noise={noise!r} is a standard deviation: 0 or more")
-    if hp.train_crop not in TRAIN_CROPS:
-        raise ConfigError(f"data.train_crop={hp.train_crop!r} is not one of {list(TRAIN_CROPS)}")
+    check_augment(hp.augment)
     if not isinstance(hp.augment_val, bool):
         raise ConfigError(f"data.augment_val={hp.augment_val!r} must be true or false")
     fractions = (hp.val_fraction, hp.test_fraction)
@@ -130,8 +120,7 @@ class ImageFolderDataModule(LightningDataModule):
         persistent_workers: bool = True,
         resize_size: int = 256,
         crop_size: int = 224,
-        augment: bool = True,
-        train_crop: str = "random",
+        augment: Mapping[str, Any] | None = CROPS_AND_FLIPS,
         augment_val: bool = False,
         ten_crop: bool = False,
         mean: tuple[float, ...] = IMAGENET_MEAN,
@@ -140,7 +129,6 @@ class ImageFolderDataModule(LightningDataModule):
         backend: str = "pil",
         cache_dir: str = "data/cache",
         skip_bad_images: bool = False,
-        pca_noise: float = 0.0,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         split_seed: int = 0,
@@ -162,6 +150,7 @@ class ImageFolderDataModule(LightningDataModule):
         # them; checkpoints carry them (state_dict), so evaluation never measures other data.
         self.statistics: dict[str, torch.Tensor] | None = None
         self.transform: BatchTransform | None = None
+        self._operations: list[BatchOperation] | None = None
         # A flat folder's split, relative paths per split: made by a new run, carried by its
         # checkpoints (state_dict), so evaluation and resuming read the very same files.
         self.split: dict[str, list[str]] | None = None
@@ -250,14 +239,51 @@ class ImageFolderDataModule(LightningDataModule):
         for images in unique.values():
             ensure_cache(images, hp.cache_dir, hp.resize_size, self.verdicts_file())
 
+    def operations(self) -> list[BatchOperation]:
+        """The training operations of ``augment``, built once (a mistake in one stops the run
+        before any work; ``src.train`` asks for them first)."""
+        if self._operations is None:
+            self._operations = build_operations(self.hparams.augment)
+        return self._operations
+
+    def evaluation_transform(self) -> BatchTransform:
+        """The batch transform without the training operations: the centre crop (or ten crops)
+        and normalisation that ``src.predict`` and ``src.export`` reproduce."""
+        hp = self.hparams
+        return BatchTransform(
+            hp.crop_size, hp.mean, hp.std, hp.input_scale, statistics=self.statistics
+        )
+
+    @property
+    def uses_operations(self) -> bool:
+        """This run applies the training operations: it trains (or runs without a trainer), or
+        it evaluates on them (``augment_val``). Evaluating a checkpoint builds none of them."""
+        trainer = self.trainer
+        fitting = trainer is None or trainer.state.fn == TrainerFn.FITTING
+        return fitting or self.hparams.augment_val
+
+    def make_transform(self) -> BatchTransform:
+        """The evaluation transform, with the training operations where ``uses_operations``."""
+        if not self.uses_operations:
+            return self.evaluation_transform()
+        hp = self.hparams
+        return BatchTransform(
+            hp.crop_size, hp.mean, hp.std, hp.input_scale, self.operations(), hp.augment_val,
+            self.statistics,
+        )  # fmt: skip
+
     @property
     def needs_statistics(self) -> bool:
-        return self.hparams.pca_noise > 0 or self.hparams.input_scale == "mean_image"
+        """The mean image and the RGB principal components are measured where the input scale
+        or a training operation uses them."""
+        if self.hparams.input_scale == "mean_image":
+            return True
+        return self.uses_operations and any(op.needs_statistics for op in self.operations())
 
     def ensure_statistics(self) -> None:
         """Measure (or load from ``cache_dir``) the training statistics, unless no setting needs
         them or a checkpoint already supplied them."""
-        if not self.needs_statistics or self.statistics is not None:
+        if self.statistics is not None or not self.needs_statistics:
             return
         unreadable = {str(p) for p in self.find_bad_images()}
         hp = self.hparams
@@ -291,8 +317,8 @@ class ImageFolderDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.batch_size_per_device = self.per_device_batch_size()
         self.ensure_statistics()
-        if self.transform is None:  # src.eval's comes from the checkpoint
-            self.transform = BatchTransform.from_settings(self.hparams, self.statistics)
+        if self.transform is None:
+            self.transform = self.make_transform()
         self.datasets = self.make_datasets()
         found = self.datasets["train"].classes
         if found != self.classes:

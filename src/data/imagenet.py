@@ -320,7 +320,7 @@ class ImageNetDataModule(ImageFolderDataModule):
 
     def ensure_statistics(self) -> None:
         """The training statistics, measured from the training cache's rows."""
-        if not self.needs_statistics or self.statistics is not None:
+        if self.statistics is not None or not self.needs_statistics:
             return
         folder = self.ensure_split_cache("train")
         self.statistics = cached_statistics(folder, self.hparams.cache_dir)
