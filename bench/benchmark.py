@@ -277,7 +277,8 @@ def framework_overhead(work: Path, steps: int, reps: int) -> list[str]:
         runs["plain PyTorch loop"].append(plain_loop(cfg, train, val, classes, out))
         runs["Lightning module"].append(lightning_run(cfg, train, val, classes, out))
     lines = [
-        f"`make train`'s model ({cfg.model.arch.rsplit('.', 1)[-1]}, `model=alexnet_half`), "
+        f"`make train`'s model ({cfg.model.net._target_.rsplit('.', 1)[-1]}, "
+        "`model=alexnet_half`), "
         f"{size} px, batch {batch}, SGD as configured, {steps} steps on the same in-memory "
         f"batches, then 2 validation batches and a checkpoint; {reps} runs each, alternating. "
         "Lightning with the progress bar, TensorBoard logging and every default callback.",

@@ -28,6 +28,7 @@ from src.experiments.figures import (
     filter_grid,
     labelled_grid,
 )
+from src.models.nets import first_conv, towers
 from src.utils import ConfigError
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,9 @@ def images_in(batch: Any) -> int:
     return len(batch[1])
 
 
-def first_conv(net: nn.Module) -> nn.Conv2d:
+def conv1(net: nn.Module) -> nn.Conv2d:
     """The layer that looks at the pixels: conv1 of every model preset."""
-    conv = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+    conv = first_conv(net)
     if conv is None:
         raise ConfigError(
             f"callbacks.first_layer_filters: {type(net).__name__} has no Conv2d layer to show; "
@@ -100,8 +101,7 @@ class FirstLayerFilters(Callback):
         logger = find_tensorboard(trainer)
         if logger is None or not trainer.is_global_zero:
             return
-        weight = first_conv(pl_module.net).weight
-        grid = filter_grid(weight, pl_module.hparams.get("groups") or 1, self.nrow)
+        grid = filter_grid(conv1(pl_module.net).weight, towers(pl_module.net), self.nrow)
         logger.experiment.add_image("filters/conv1", grid, trainer.global_step)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -227,7 +227,8 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 class HyperparametersWithMetrics(Callback):
     """Fills TensorBoard's HPARAMS tab: the hyper-parameters the run logged (``src.train`` logs
     its whole config), flattened to ``model.optimizer.lr`` and so on, less the ``ignore`` keys
-    and groups (bookkeeping such as paths) and Hydra's ``_convert_``/``_partial_`` flags.
+    and groups (bookkeeping such as paths) and Hydra's ``_convert_``, ``_partial_`` and
+    ``_recursive_`` flags.
 
     Only the session start is written, with the hyper-parameters: TensorBoard then pairs them
     with every scalar of the run at its last logged value (so the run's final metrics, and no
@@ -247,7 +248,7 @@ class HyperparametersWithMetrics(Callback):
             for k, v in flatten(logger.hparams).items()
             if v is not None
             and not any(k == i or k.startswith(f"{i}.") for i in self.ignore)
-            and not k.endswith(("._convert_", "._partial_"))
+            and not k.endswith(("._convert_", "._partial_", "._recursive_"))
         }
         _, session_start, _ = hparams(params, {})
         logger.experiment.file_writer.add_summary(session_start)

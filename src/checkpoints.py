@@ -44,10 +44,11 @@ log = logging.getLogger(__name__)
 # 1: before versions were recorded (freeze and lr_mult could be null or absent, data keys added
 # since were absent, MicrographDataModule lived in src.data.datamodule); 2: before
 # bias_lr_mult, and CNN4 was the net of cnn4.LEGACY; 3: the training augmentation was three
-# switches (augment, train_crop, pca_noise); 4: this layout. A key added with a default needs
-# no new version: a checkpoint without it gets the default (``with_defaults``), which must
-# reproduce what the code did before the key existed.
-FORMAT_VERSION = 4
+# switches (augment, train_crop, pca_noise); 4: the network's class was ``arch`` and its
+# arguments sat beside the classifier's; 5: this layout. A key added with a default needs no new
+# version: a checkpoint without it gets the default (``with_defaults``), which must reproduce
+# what the code did before the key existed.
+FORMAT_VERSION = 5
 
 # How a network is trained or run, not what it is: a resumed run may change them (a checkpoint
 # trained on a GPU, with compile and channels-last, resumes on a CPU without them). pretrained is
@@ -80,6 +81,13 @@ _V1_DATA_DEFAULTS = {
 }  # fmt: skip
 _MOVED = {"src.data.datamodule.MicrographDataModule": "src.data.micrographs.MicrographDataModule"}
 MODEL_TARGET = "src.models.classifier.ImageClassifier"
+# how Hydra builds a node, not what it builds
+HYDRA_FLAGS = ("_convert_", "_recursive_", "_partial_")
+# The classifier's own keys in format 4; every other key was the network's (``arch``'s).
+_V4_CLASSIFIER_KEYS = (
+    "class_names", "scheduler_monitor", "max_lr_drops", "compile", "channels_last",
+    "pretrained", "freeze", "lr_mult", "bias_lr_mult",
+)  # fmt: skip
 
 
 def upgrade(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -109,6 +117,11 @@ def upgrade(checkpoint: dict[str, Any]) -> dict[str, Any]:
     if version < 4:
         data = checkpoint.setdefault("datamodule_hyper_parameters", {})
         data["augment"] = operations_of_switches(data)
+    if version < 5:
+        model = checkpoint["hyper_parameters"]
+        target = model.pop("arch", "src.models.alexnet.AlexNet")
+        arguments = {k: model.pop(k) for k in list(model) if k not in _V4_CLASSIFIER_KEYS}
+        model["net"] = {"_target_": target, **arguments}
     checkpoint["format_version"] = FORMAT_VERSION
     return checkpoint
 
@@ -234,13 +247,19 @@ def contradictions(
     section: str, requested: Mapping[str, Any], saved: Mapping[str, Any], changeable: tuple = ()
 ) -> list[str]:
     """``section.key=value`` for every requested value that differs from the saved one, except
-    keys in ``changeable``; ``None`` (not set) and Hydra's ``_keys_`` never contradict."""
-    return [
-        f"{section}.{key}={value!r} (the checkpoint has {saved.get(key, 'no such key')!r})"
-        for key, value in requested.items()
-        if not key.startswith("_") and value is not None and key not in changeable
-        and saved.get(key) != value
-    ]  # fmt: skip
+    keys in ``changeable`` and Hydra's flags; inside a node (the network, the training
+    operations) every key of either side, so an operation removed or a class changed shows."""
+    found = []
+    for key, value in requested.items():
+        if key in HYDRA_FLAGS or key in changeable:
+            continue
+        old = saved.get(key, "no such key")
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            inner = {k: old.get(k) for k in old if k not in value} | dict(value)
+            found += contradictions(f"{section}.{key}", inner, old)
+        elif old != value:
+            found.append(f"{section}.{key}={value!r} (the checkpoint has {old!r})")
+    return found
 
 
 def signature_defaults(target: Any) -> dict[str, Any]:

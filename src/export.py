@@ -148,11 +148,18 @@ def export_onnx(net: torch.nn.Module, crop: int, path: Path, opset: int | None) 
     # the exporter's passes log every rewrite at INFO: the run's log keeps only its warnings
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    program = torch.onnx.export(
-        net, (example,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
-        dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset,
-        external_data=False, verbose=False,
-    )  # fmt: skip
+    try:
+        program = torch.onnx.export(
+            net, (example,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
+            dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset,
+            external_data=False, verbose=False,
+        )  # fmt: skip
+    except Exception as err:  # noqa: BLE001 - the exporter's reason, named in one line
+        reason = next((line for line in str(err).splitlines() if line.strip()), repr(err))
+        raise UserError(
+            f"torch's ONNX exporter cannot export {type(net).__name__} at opset "
+            f"{opset or 'its default'}: {reason.strip()}"
+        ) from None
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         program.save(tmp, external_data=False)

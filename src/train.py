@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from src.checkpoints import check_resume, restore_datamodule
 from src.cluster import StopSignals, checkpoint_to_resume
 from src.data.folders import write_class_indices
-from src.models.classifier import DivergedError, ImageClassifier, min_input_size
+from src.models.classifier import DivergedError, ImageClassifier
+from src.models.nets import check_input_size
 from src.utils import ConfigError, exit_on_user_error, instantiate_all
 from src.utils.io import atomic_write
 from src.utils.renamed import refuse_renamed
@@ -55,16 +56,6 @@ def batches_done(checkpoint: dict[str, Any]) -> int:
 
 def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def check_input_size(crop_size: int, model: ImageClassifier) -> None:
-    need = min_input_size(model.net)
-    if crop_size < need:
-        raise ConfigError(
-            f"data.crop_size={crop_size} is too small for model.arch={model.hparams.arch} with "
-            f"these settings: its layers need inputs of at least {need} px. Set data.crop_size "
-            f"(and data.resize_size) to {need} or more."
-        )
 
 
 def check_launch(trainer: L.Trainer) -> None:
@@ -147,7 +138,7 @@ def fit_and_test(cfg: DictConfig, signals: StopSignals) -> dict[str, float]:
         datamodule.operations()  # data.augment built now: a mistake stops the run before work
     classes = datamodule.classes
     model: ImageClassifier = instantiate(cfg.model, class_names=classes)
-    check_input_size(datamodule.hparams.crop_size, model)
+    check_input_size(model.net, model.hparams.net, datamodule.hparams.crop_size)
     ckpt_path = checkpoint_to_resume(cfg.get("ckpt_path"), output_dir)
     start = "started fresh"
     if ckpt_path:

@@ -215,7 +215,7 @@ def test_a_checkpoint_of_the_previous_format_evaluates_predicts_and_exports_as_i
 def test_a_checkpoint_of_the_previous_format_resumes(format3, tiny_root, train_config):
     saved = load_checkpoint(format3)
     cfg = train_config(
-        "model=cnn4", "model.widths=[16,16,32]", "data.input_scale=mean_image",
+        "model=cnn4", "model.net.widths=[16,16,32]", "data.input_scale=mean_image",
         "+data/augment=pca_noise", "seed=0", f"ckpt_path={format3}", "trainer.max_epochs=3",
     )  # fmt: skip
     train(cfg)

@@ -1,6 +1,5 @@
 import os
 import shutil
-from functools import partial
 
 import numpy as np
 import pytest
@@ -95,7 +94,7 @@ def evaluate(root, cache_dir, backend, ten_crop=False):
         backend=backend, cache_dir=str(cache_dir), ten_crop=ten_crop,
     )  # fmt: skip
     torch.manual_seed(0)
-    model = ImageClassifier(dm.classes, arch="src.models.cnn4.CNN4", init="paper")
+    model = ImageClassifier(dm.classes, {"_target_": "src.models.cnn4.CNN4", "init": "paper"})
     trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     (val,) = trainer.validate(model, datamodule=dm, verbose=False)
     (test,) = trainer.test(model, datamodule=dm, verbose=False)
@@ -116,8 +115,8 @@ def test_cached_training_batches_are_augmented_on_the_device(tiny_root, tmp_path
         root=str(tiny_root), resize_size=72, crop_size=64, batch_size=8, num_workers=0,
         backend="cache", cache_dir=str(tmp_path),
     )  # fmt: skip
-    sgd = partial(torch.optim.SGD, lr=0.01)
-    model = ImageClassifier(dm.classes, arch="src.models.cnn4.CNN4", optimizer=sgd)
+    sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01}
+    model = ImageClassifier(dm.classes, {"_target_": "src.models.cnn4.CNN4"}, optimizer=sgd)
     seen = []
     model.on_train_batch_start = lambda batch, _: seen.append(batch[0])
     trainer = Trainer(

@@ -144,11 +144,14 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(tiny_overrides
 
 def as_written_before_versions(checkpoint: dict) -> dict:
     """What the code before format versions wrote: no ``format_version`` or ``model_target``,
-    ``lr_mult`` null, the micrograph module under ``src.data.datamodule``, and (older still)
-    none of the data keys added over time (the training augmentation then was the default
-    ``augment=true``, a switch)."""
+    the network as ``arch`` and its arguments beside the classifier's, ``lr_mult`` null, the
+    micrograph module under ``src.data.datamodule``, and (older still) none of the data keys
+    added over time (the training augmentation then was the default ``augment=true``, a
+    switch)."""
     old = {k: v for k, v in checkpoint.items() if k not in ("format_version", "model_target")}
-    old["hyper_parameters"] = checkpoint["hyper_parameters"] | {"lr_mult": None}
+    model = dict(checkpoint["hyper_parameters"])
+    net = dict(model.pop("net"))  # the network's arguments sat beside the classifier's
+    old["hyper_parameters"] = model | {"arch": net.pop("_target_"), **net, "lr_mult": None}
     old["datamodule_target"] = "src.data.datamodule.MicrographDataModule"
     data = checkpoint["datamodule_hyper_parameters"]
     old["datamodule_hyper_parameters"] = {

@@ -69,7 +69,7 @@ def test_cnn4_shapes_and_paper_init():
         assert net(torch.randn(2, 3, size, size)).shape == (2, 10)
     assert float(net.features.conv2.weight.std()) == pytest.approx(0.01, rel=0.1)
     assert float(net.fc.bias.abs().max()) == 0.0
-    with pytest.raises(ValueError, match="model.init"):
+    with pytest.raises(ValueError, match="model.net.init"):
         CNN4(init="xavier")
 
 

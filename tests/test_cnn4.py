@@ -78,7 +78,7 @@ def test_weights_start_at_the_files_init_and_biases_at_zero(published):
 
 
 def test_tanh_changes_only_the_neuron(published):
-    tanh = classifier(*EXPERIMENT, "model.activation=tanh")
+    tanh = classifier(*EXPERIMENT, "model.net.activation=tanh")
     relu_layers = dict(published.net.features.named_children())
     for name, layer in tanh.net.features.named_children():
         expected = nn.Tanh if name.startswith("act") else type(relu_layers[name])
@@ -135,7 +135,7 @@ def test_the_legacy_net_keeps_one_plain_group_and_bad_multiples_are_named():
     assert float(f.conv1.weight.std()) == pytest.approx(0.01, rel=0.05)
     (group,) = legacy.configure_optimizers().param_groups
     assert "name" not in group and group["lr"] == 0.01
-    for key, value in (("bias_lr_mult", "0"), ("pools", "[max,avg]")):
+    for key, value in (("bias_lr_mult", "0"), ("net.pools", "[max,avg]")):
         with pytest.raises(InstantiationException, match=f"model.{key}=") as err:
             classifier("model=cnn4", f"model.{key}={value}")
         assert isinstance(err.value.__cause__, ConfigError)
@@ -153,15 +153,15 @@ def test_a_checkpoint_of_the_old_net_resumes_as_cnn4_legacy_only():
     saved = upgrade({"format_version": 2, "hyper_parameters": old_model})
     assert saved["format_version"] == FORMAT_VERSION
     saved = saved["hyper_parameters"]
-    assert saved["bias_lr_mult"] == 1.0 and saved["pools"] == ["max"] * 3
-    assert not saved["rnorm"]
+    assert saved["bias_lr_mult"] == 1.0 and saved["net"]["pools"] == ["max"] * 3
+    assert not saved["net"]["rnorm"] and saved["net"]["_target_"] == "src.models.cnn4.CNN4"
 
     def conflicts(*overrides: str) -> list[str]:
         model = classifier(*overrides)
         return contradictions("model", model.hparams, saved, MODEL_KEYS_RESUME_MAY_CHANGE)
 
     assert conflicts("model=cnn4_legacy") == []
-    assert any(c.startswith("model.pools=") for c in conflicts("model=cnn4"))
+    assert any(c.startswith("model.net.pools=") for c in conflicts("model=cnn4"))
     assert ImageClassifier(**saved).net.features.pool2.__class__ is nn.MaxPool2d
 
 

@@ -42,7 +42,7 @@ def untrained(
     scale) in place of its own: every model preset at the tiny tree's 64 px crop, AlexNet's
     fully connected layers narrowed to 256 (its convolutions, LRN and groups as they are)."""
     checkpoint = read_checkpoint(ckpt)
-    narrow = ["model.hidden=256"] if model.startswith("alexnet") else []
+    narrow = ["model.net.hidden=256"] if model.startswith("alexnet") else []
     cfg = compose("train", [*micrograph_overrides(tiny_root), f"model={model}", *narrow])
     torch.manual_seed(0)
     module = instantiate(cfg.model, class_names=checkpoint["hyper_parameters"]["class_names"])

@@ -205,8 +205,11 @@ def test_finetune_trains_resumes_and_predicts_without_the_file(
     # a checkpoint from before these keys existed was trained with none: unset, empty or null
     old = torch.load(ckpt, weights_only=True)
     del old["format_version"]
+    model = old["hyper_parameters"]
     for key in ("pretrained", "freeze", "lr_mult"):
-        del old["hyper_parameters"][key]
+        del model[key]
+    net = model.pop("net")  # the network's arguments sat beside the classifier's then
+    model |= {"arch": net.pop("_target_"), **net}
     torch.save(old, tmp_path / "old.ckpt")
     none = ["model.freeze=[]", "model.lr_mult=null", f"ckpt_path={tmp_path / 'old.ckpt'}"]
     cfg = train_config(*overrides, *none, data=data)

@@ -217,7 +217,9 @@ def test_the_paper_recipe_composes_on_imagenet(order):
     assert cfg.data._target_ == "src.data.imagenet.ImageNetDataModule"
     assert cfg.data.input_scale == "mean_image" and cfg.data.augment.pca_noise.std == 0.1
     assert cfg.data.backend == "cache"
-    assert cfg.data.verify_archives is False and cfg.model.arch == "src.models.alexnet.AlexNet"
+    assert (
+        cfg.data.verify_archives is False and cfg.model.net._target_ == "src.models.alexnet.AlexNet"
+    )
 
 
 def imagenet_overrides(root: Path, cache_dir: Path) -> list[str]:
@@ -234,8 +236,8 @@ def test_the_paper_recipe_trains_and_a_checkpoint_evaluates(archives, tmp_path):
     overrides = ["experiment=paper", *imagenet_overrides(archives, cache_dir)]
     overrides += [
         *quick_overrides(tmp_path / "logs"),
-        "model.widths=[8,8,8,8,8]",
-        "model.hidden=16",
+        "model.net.widths=[8,8,8,8,8]",
+        "model.net.hidden=16",
     ]
     cfg = compose_config("train", overrides, tmp_path / "run")
     metrics = train(cfg)

@@ -10,8 +10,10 @@ from hydra.errors import InstantiationException
 from omegaconf import open_dict
 
 from src.eval import evaluate
-from src.models.classifier import DivergedError, ImageClassifier, min_input_size
+from src.models.alexnet import AlexNet
+from src.models.classifier import DivergedError
 from src.models.cnn4 import CNN4
+from src.models.nets import min_input_size
 from src.train import train
 from src.utils import ConfigError
 from tests.conftest import compose_config, run_cli
@@ -25,9 +27,10 @@ from tests.conftest import compose_config, run_cli
         (["model.optimizer.lr=-0.01"], r"model.optimizer.lr=-0.01 must be a finite number above 0"),
         (["model.optimizer.momentum=-1"], r"model.optimizer.momentum=-1"),
         (["data.input_scale=pixels"], r"data.input_scale='pixels' is not one of"),
-        (["model.widths=[48,128,192,192,127]", "model.groups=2"], r"model.groups=2 .* divides"),
-        (["model.widths=[48,128]"], r"model.widths=\[48, 128\] needs 5 conv widths"),
-        (["model.dropout=1.5"], r"model.dropout=1.5 must be at least 0 and below 1"),
+        (["model.net.widths=[48,128,192,192,127]", "model.net.groups=2"],
+         r"model.net.groups=2 .* divides"),
+        (["model.net.widths=[48,128]"], r"model.net.widths=\[48, 128\] needs 5 conv widths"),
+        (["model.net.dropout=1.5"], r"model.net.dropout=1.5 must be at least 0 and below 1"),
         (["data.crop_size=80"], r"data.crop_size=80 is larger than data.resize_size=72"),
     ],
 )  # fmt: skip
@@ -42,8 +45,7 @@ def test_config_mistakes_name_the_key(overrides, message, train_config):
 
 @pytest.mark.parametrize(
     ("net", "size"),
-    [(ImageClassifier(["a", "b"]).net, 63), (CNN4(), 8),
-     (ImageClassifier(["a", "b"], pool_kernel=2, pool_stride=2).net, 35)],
+    [(AlexNet(2), 63), (CNN4(), 8), (AlexNet(2, pool_kernel=2, pool_stride=2), 35)],
 )  # fmt: skip
 def test_minimum_input_size_is_what_the_layers_allow(net, size):
     assert min_input_size(net) == size
@@ -104,10 +106,10 @@ def test_resume_refuses_another_model_or_preprocessing(train_config):
     cfg = train_config("test=false")
     train(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    resumed = train_config(f"ckpt_path={ckpt}", "model.activation=tanh", "data.crop_size=66")
+    resumed = train_config(f"ckpt_path={ckpt}", "model.net.activation=tanh", "data.crop_size=66")
     with pytest.raises(ConfigError) as err:
         train(resumed)
-    assert "model.activation='tanh' (the checkpoint has 'relu')" in str(err.value)
+    assert "model.net.activation='tanh' (the checkpoint has 'relu')" in str(err.value)
     assert "data.crop_size=66 (the checkpoint has 64)" in str(err.value)
     # how it is trained or run may change: another rate, channels-last, another epoch count
     more = ["model.optimizer.lr=0.001", "model.channels_last=true", "trainer.max_epochs=2"]

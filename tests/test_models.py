@@ -61,12 +61,12 @@ def test_paper_layers_and_switches(tmp_path):
         tmp_path,
         "alexnet",
         10,
-        "model.activation=tanh",
-        "model.lrn=false",
-        "model.pool_kernel=2",
-        "model.groups=1",
-        "model.dropout=0",
-        "model.init=default",
+        "model.net.activation=tanh",
+        "model.net.lrn=false",
+        "model.net.pool_kernel=2",
+        "model.net.groups=1",
+        "model.net.dropout=0",
+        "model.net.init=default",
     )
     assert isinstance(plain.features.act1, torch.nn.Tanh)
     assert not hasattr(plain.features, "lrn1")
@@ -76,7 +76,7 @@ def test_paper_layers_and_switches(tmp_path):
 
 
 def test_unknown_switch_values_are_named():
-    with pytest.raises(ValueError, match="model.activation='swish'"):
+    with pytest.raises(ValueError, match="model.net.activation='swish'"):
         AlexNet(activation="swish")
-    with pytest.raises(ValueError, match="model.init='xavier'"):
+    with pytest.raises(ValueError, match="model.net.init='xavier'"):
         AlexNet(init="xavier")

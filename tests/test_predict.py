@@ -28,7 +28,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path) -
     ckpt = run / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
         overrides = micrograph_overrides(tiny_root) + quick_overrides(run.parent / "predict-logs")
-        overrides += ["model=cnn4", "model.init=default", "trainer.max_epochs=2", "test=false"]
+        overrides += ["model=cnn4", "model.net.init=default", "trainer.max_epochs=2", "test=false"]
         train(compose_config("train", overrides, run))
     return ckpt
 

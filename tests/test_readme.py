@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from src.models.classifier import ImageClassifier
+from src.models.nets import build_net
 from tests.conftest import ROOT, compose
 
 README = (ROOT / "README.md").read_text()
@@ -62,17 +62,19 @@ def grouped(group: str, names: tuple[str, ...], keys: list[str]) -> str:
 
 
 SWITCHES = {
-    "`model.widths`, `model.hidden`": ("model", ["widths", "hidden"]),
-    "`model.groups`": ("model", ["groups"]),
-    "`model.activation`": ("model", ["activation"]),
-    "`model.lrn`": ("model", ["lrn"]),
-    "`model.pool_kernel`, `model.pool_stride`": ("model", ["pool_kernel", "pool_stride"]),
-    "`model.dropout`": ("model", ["dropout"]),
-    "`model.init`": ("model", ["init"]),
-    "`model.init_std`": ("model", ["init_std"]),
-    "`model.pools`, `model.act_after_pool`": ("model", ["pools", "act_after_pool"]),
-    "`model.rnorm`, `model.rnorm_size`, `.rnorm_scale`, `.rnorm_pow`": (
-        "model", ["rnorm", "rnorm_size", "rnorm_scale", "rnorm_pow"]
+    "`model.net.widths`, `model.net.hidden`": ("model", ["net.widths", "net.hidden"]),
+    "`model.net.groups`": ("model", ["net.groups"]),
+    "`model.net.activation`": ("model", ["net.activation"]),
+    "`model.net.lrn`": ("model", ["net.lrn"]),
+    "`model.net.pool_kernel`, `model.net.pool_stride`": (
+        "model", ["net.pool_kernel", "net.pool_stride"]
+    ),
+    "`model.net.dropout`": ("model", ["net.dropout"]),
+    "`model.net.init`": ("model", ["net.init"]),
+    "`model.net.init_std`": ("model", ["net.init_std"]),
+    "`model.net.pools`, `model.net.act_after_pool`": ("model", ["net.pools", "net.act_after_pool"]),
+    "`model.net.rnorm`, `.rnorm_size`, `.rnorm_scale`, `.rnorm_pow`": (
+        "model", ["net.rnorm", "net.rnorm_size", "net.rnorm_scale", "net.rnorm_pow"]
     ),
     "`model.bias_lr_mult`": ("model", ["bias_lr_mult"]),
     "`model.optimizer.lr`, `.momentum`, `.weight_decay`": (
@@ -117,12 +119,9 @@ def test_every_switch_row_is_checked():
     ("name", "classes"), [("alexnet", 1000), ("alexnet_owt", 1000), ("alexnet_half", 14)]
 )
 def test_parameter_counts_in_the_presets_table_are_the_models(name, classes):
-    cfg = OmegaConf.to_container(preset("model", name))
-    kwargs = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    kwargs = {k: v for k, v in kwargs.items() if k not in ("optimizer", "scheduler")}
-    net = ImageClassifier([str(i) for i in range(classes)], **kwargs).net
+    net = build_net(OmegaConf.to_container(preset("model", name).net), classes)
     count = sum(p.numel() for p in net.parameters())
-    table = CONFIGURATION.split("## Model presets")[1].split("\n## ")[0]
+    table = CONFIGURATION.split("### Presets")[1].split("\n### ")[0]
     row = next(line for line in table.splitlines() if line.startswith(f"| `{name}`"))
     assert row.endswith(f"| {count:,} at {classes} classes |")
 

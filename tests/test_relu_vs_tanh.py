@@ -157,7 +157,7 @@ def test_notebook_draws_figure1_from_the_sweep(figure1_sweep, monkeypatch):
 
 @pytest.mark.slow
 def test_conditions_sweep_tables_ratios_per_condition(tmp_path, tiny_root):
-    grid = ["data.input_scale=raw,standardised", "model=cnn4", "model.init=paper"]
+    grid = ["data.input_scale=raw,standardised", "model=cnn4", "model.net.init=paper"]
     # every training error is below this target: each run stops after the first of its 2 epochs
     race = ["relu_vs_tanh.target=1.01"]
     sweep_dir, stdout = sweep(

@@ -46,13 +46,15 @@ def accuracy(val: float, train: float = 0.9) -> dict[str, list[float]]:
 def test_jobs_are_read_in_sweep_order_with_their_swept_keys(tmp_path):
     # job 10 after job 2: the sweeper's order, not the folder names' sort order
     for num, lrn in ((10, "false"), (2, "true")):
-        write_job(tmp_path, num, [f"model.lrn={lrn}", "seed=0", "trainer.max_epochs=3"], {})
+        write_job(tmp_path, num, [f"model.net.lrn={lrn}", "seed=0", "trainer.max_epochs=3"], {})
     assert load_jobs(tmp_path) == []  # no events and no divergence: not a job that ran
-    write_job(tmp_path, 3, ["model.lrn=true", "seed=1", "trainer.max_epochs=3"], accuracy(0.5))
-    write_job(tmp_path, 11, ["model.lrn=false", "seed=1", "trainer.max_epochs=3"], accuracy(0.4))
+    write_job(tmp_path, 3, ["model.net.lrn=true", "seed=1", "trainer.max_epochs=3"], accuracy(0.5))
+    write_job(
+        tmp_path, 11, ["model.net.lrn=false", "seed=1", "trainer.max_epochs=3"], accuracy(0.4)
+    )
     jobs = load_jobs(tmp_path)
     assert [j.name for j in jobs] == ["3", "11"]
-    assert swept_keys(jobs) == ["model.lrn"]
+    assert swept_keys(jobs) == ["model.net.lrn"]
     assert jobs[0].last("val/acc") == pytest.approx(0.5) and jobs[0].seconds >= 0
 
 
@@ -61,12 +63,12 @@ def test_variants_tabled_with_every_seed_and_the_spread(tmp_path):
     num = 0
     for lrn, accs in vals.items():
         for seed, acc in enumerate(accs):
-            write_job(tmp_path, num, [f"model.lrn={lrn}", f"seed={seed}"], accuracy(acc))
+            write_job(tmp_path, num, [f"model.net.lrn={lrn}", f"seed={seed}"], accuracy(acc))
             num += 1
     (tmp_path / "5" / "diverged.json").write_text("{}")  # lrn=false, seed 2
     summary = report(tmp_path, title="LRN", claim="-1.4 % top-1 error")
     first, second = summary["variants"]
-    assert first["label"] == "model.lrn=true" and first["seeds"] == [0, 1, 2]
+    assert first["label"] == "model.net.lrn=true" and first["seeds"] == [0, 1, 2]
     final = first["metrics"]["final val/acc"]
     assert final["mean"] == pytest.approx(0.62) and final["std"] == pytest.approx(0.02)
     assert first["metrics"]["train - val acc"]["mean"] == pytest.approx(0.28)
@@ -78,16 +80,16 @@ def test_variants_tabled_with_every_seed_and_the_spread(tmp_path):
     assert second["difference"]["exceeds_seed_spread"] is True
     text = (tmp_path / "results.md").read_text()
     assert "# LRN" in text and "The paper: -1.4 % top-1 error" in text
-    assert "| model.lrn=false | 3 (1 diverged) |" in text
+    assert "| model.net.lrn=false | 3 (1 diverged) |" in text
     assert "0: 0.500, 1: 0.520, 2: diverged | -0.110 | yes |" in text
-    assert json.loads((tmp_path / "results.json").read_text())["swept"] == ["model.lrn"]
+    assert json.loads((tmp_path / "results.json").read_text())["swept"] == ["model.net.lrn"]
 
 
 def test_overlapping_seeds_are_not_beyond_the_spread(tmp_path):
     for num, (drop, seed, acc) in enumerate(
         [("0.5", 0, 0.6), ("0.5", 1, 0.7), ("0.0", 0, 0.65), ("0.0", 1, 0.75)]
     ):
-        write_job(tmp_path, num, [f"model.dropout={drop}", f"seed={seed}"], accuracy(acc))
+        write_job(tmp_path, num, [f"model.net.dropout={drop}", f"seed={seed}"], accuracy(acc))
     (_, second) = report(tmp_path)["variants"]
     assert second["difference"]["exceeds_seed_spread"] is False
 
@@ -139,8 +141,8 @@ def test_an_ablation_ends_with_its_table(tmp_path, tiny_root):
     )
     (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
     summary = json.loads((sweep / "results.json").read_text())
-    assert summary["swept"] == ["model.dropout"]
+    assert summary["swept"] == ["model.net.dropout"]
     assert [row["seeds"] for row in summary["variants"]] == [[0, 1], [0, 1]]
     assert all(row["metrics"]["epochs"]["values"] == [2, 2] for row in summary["variants"])
-    assert "| model.dropout=0.5 | 2 |" in done.stdout
-    assert "| model.dropout=0.5 | 2 |" in (sweep / "results.md").read_text()
+    assert "| model.net.dropout=0.5 | 2 |" in done.stdout
+    assert "| model.net.dropout=0.5 | 2 |" in (sweep / "results.md").read_text()

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 SEARCHED = {
     "model.optimizer.lr",
     "data.batch_size",
-    "model.dropout",
+    "model.net.dropout",
     "model.optimizer.weight_decay",
 }
 

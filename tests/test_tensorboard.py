@@ -149,8 +149,9 @@ def test_tensorboard_server_serves_images_scalars_and_hparams(run, tmp_path):
 
         experiment = post(f"{url}/data/plugin/hparams/experiment", {"experimentName": ""})
         hparams = {h["name"] for h in experiment["hparamInfos"]}
-        assert {"model.optimizer.lr", "data.batch_size", "model.arch", "seed"} <= hparams
-        ignored = ("callbacks.", "logger.", "paths.", "trainer.default_root_dir", "model._convert_")
+        assert {"model.optimizer.lr", "data.batch_size", "model.net._target_", "seed"} <= hparams
+        ignored = ("callbacks.", "logger.", "paths.", "trainer.default_root_dir", "model._convert_",
+                   "model._recursive_")  # fmt: skip
         assert not [h for h in hparams if h.startswith(ignored)]
         assert set(HPARAM_METRICS) <= {m["name"]["tag"] for m in experiment["metricInfos"]}
 

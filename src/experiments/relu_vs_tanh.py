@@ -61,7 +61,7 @@ def load_runs(
     sweep_dir: str | Path, condition_keys: Sequence[str] = (), metric: str = "train/error"
 ) -> list[Run]:
     """Every job under ``sweep_dir`` with ``metric`` curves or a record of its divergence;
-    ``condition_keys`` (config paths such as ``model.init``, or a config group such as
+    ``condition_keys`` (config paths such as ``model.net.init``, or a config group such as
     ``model``, named by its chosen option) name the condition of a job."""
     runs = []
     for job in load_jobs(sweep_dir):
@@ -70,7 +70,7 @@ def load_runs(
         runs.append(
             Run(
                 name=job.name,
-                activation=str(job.cfg.model.activation),
+                activation=str(job.select("model.net.activation")),
                 lr=float(job.cfg.model.optimizer.lr),
                 seed=job.seed,
                 condition=", ".join(

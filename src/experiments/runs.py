@@ -22,7 +22,7 @@ class Job:
     name: str
     path: Path
     cfg: DictConfig
-    # key -> value as written on the command line (``model=cnn4``, ``model.lrn=false``)
+    # key -> value as written on the command line (``model=cnn4``, ``model.net.lrn=false``)
     overrides: dict[str, str]
     # config group -> chosen option (``model`` -> ``cnn4``)
     choices: dict[str, str]
@@ -38,10 +38,15 @@ class Job:
         return self.cfg.get("seed")
 
     def select(self, key: str) -> Any:
-        """A config value by dotted key, or a config group's choice by its name (``model``)."""
+        """A config value by dotted key, or a config group's choice by its name (``model``).
+        A sweep run before the network had its own node (``model.net``) is read at the key it
+        had then (``model.lrn``)."""
         if key in self.choices:
             return self.choices[key]
-        return OmegaConf.select(self.cfg, key, throw_on_missing=False)
+        value = OmegaConf.select(self.cfg, key, throw_on_missing=False)
+        if value is None and key.startswith("model.net."):
+            value = OmegaConf.select(self.cfg, f"model.{key[10:]}", throw_on_missing=False)
+        return value
 
     def last(self, tag: str) -> float | None:
         values = self.curves.get(tag)

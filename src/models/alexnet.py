@@ -25,7 +25,7 @@ INITS = ("paper", "default")
 def make_activation(name: str) -> nn.Module:
     """One activation module by name; unknown names fail with the list of choices."""
     if name not in ACTIVATIONS:
-        raise ConfigError(f"model.activation={name!r} is not one of {sorted(ACTIVATIONS)}")
+        raise ConfigError(f"model.net.activation={name!r} is not one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]()
 
 
@@ -39,7 +39,7 @@ def init_weights_(
     positive inputs) and 0 elsewhere. ``default`` keeps the framework's initialisation. ``std``
     may give each module its own, where a net's published files did (Figure 1's)."""
     if init not in INITS:
-        raise ConfigError(f"model.init={init!r} is not one of {list(INITS)}")
+        raise ConfigError(f"model.net.init={init!r} is not one of {list(INITS)}")
     stds = list(std) if isinstance(std, Sequence) else [std] * len(modules)
     if init == "paper":
         for m, s in zip(modules, stds, strict=True):
@@ -50,13 +50,13 @@ def init_weights_(
 def check_widths(widths: Sequence[int], count: int) -> None:
     if len(widths) != count or any(not isinstance(c, int) or c < 1 for c in widths):
         raise ConfigError(
-            f"model.widths={list(widths)} needs {count} conv widths, each a whole number >= 1"
+            f"model.net.widths={list(widths)} needs {count} conv widths, each a whole number >= 1"
         )
 
 
 def check_dropout(dropout: float) -> None:
     if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"model.dropout={dropout!r} must be at least 0 and below 1")
+        raise ConfigError(f"model.net.dropout={dropout!r} must be at least 0 and below 1")
 
 
 class AlexNet(nn.Module):
@@ -87,16 +87,16 @@ class AlexNet(nn.Module):
         if not isinstance(groups, int) or groups < 1 or any(c % groups for c in widths[1:]):
             # conv2, conv4, conv5 are grouped; conv3 reads conv2's output, so it must split too
             raise ConfigError(
-                f"model.groups={groups!r} must be a whole number >= 1 that divides the widths of "
-                f"conv2 to conv5 ({list(widths[1:])}); the paper's two towers are groups=2"
+                f"model.net.groups={groups!r} must be a whole number >= 1 that divides the widths "
+                f"of conv2 to conv5 ({list(widths[1:])}); the paper's two towers are groups=2"
             )
         if not isinstance(hidden, int) or hidden < 1:
-            raise ConfigError(f"model.hidden={hidden!r} must be a whole number of at least 1")
+            raise ConfigError(f"model.net.hidden={hidden!r} must be a whole number of at least 1")
         check_dropout(dropout)
         if pool_kernel < 1 or pool_stride < 1:
             raise ConfigError(
-                f"model.pool_kernel={pool_kernel} and model.pool_stride={pool_stride} must be "
-                "at least 1 (the paper: 3 and 2)"
+                f"model.net.pool_kernel={pool_kernel} and model.net.pool_stride={pool_stride} must "
+                "be at least 1 (the paper: 3 and 2)"
             )
 
         def block(i: int, conv: nn.Conv2d, norm: bool, pool: bool) -> list[tuple[str, nn.Module]]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from hydra.utils import get_class
+from hydra.utils import instantiate
 from lightning import LightningModule
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
@@ -16,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from src.checkpoints import set_random_states, stamp
 from src.data.batch_transform import CENTRE_CROP
+from src.models.nets import build_net, trainable_modules
 from src.models.pretrained import (
     check_torchvision_layout,
     load_torchvision_alexnet,
@@ -42,11 +43,6 @@ def check_optimizer(optimizer: Callable[..., torch.optim.Optimizer] | None) -> N
         if isinstance(value, bool) or not math.isfinite(value) or not low_ok:
             bound = "above 0" if key == "lr" else "0 or more"
             raise ConfigError(f"model.optimizer.{key}={value!r} must be a finite number {bound}")
-
-
-def trainable_modules(net: nn.Module) -> list[str]:
-    """The names ``model.freeze`` and ``model.lr_mult`` accept: every module with parameters."""
-    return [name for name, m in net.named_modules() if name and any(True for _ in m.parameters())]
 
 
 def check_module_names(key: str, names: Sequence[str], net: nn.Module) -> None:
@@ -87,42 +83,21 @@ def lr_groups(net: nn.Module, lr_mult: Mapping[str, float]) -> dict[str, list[st
     return groups
 
 
-def min_input_size(net: nn.Module) -> int:
-    """The smallest square input whose feature maps stay at least 1 px through every convolution
-    and max- or average-pooling of ``net`` (its modules in forward order, as in a Sequential)."""
-    layers = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d)]
-
-    def fits(size: int) -> bool:
-        for m in layers:
-            k, s, p, d = (
-                v if isinstance(v, int) else v[0]
-                for v in (m.kernel_size, m.stride, m.padding, getattr(m, "dilation", 1))
-            )
-            span = size + 2 * p - d * (k - 1) - 1
-            ceil = getattr(m, "ceil_mode", False)
-            out = (-(-span // s) if ceil else span // s) + 1
-            # torch's rule: with ceil_mode the last window must start inside the input
-            if ceil and (out - 1) * s >= size + p:
-                out -= 1
-            if out < 1:
-                return False
-            size = out
-        return True
-
-    return next(size for size in range(1, 4096) if fits(size))
-
-
 class ImageClassifier(LightningModule):
-    """Wraps the network named by ``arch``, built with ``num_classes=len(class_names)`` and the
-    remaining keyword arguments, so a checkpoint alone rebuilds the model and knows its classes.
+    """Wraps the network of ``net`` (a config node, ``{_target_: ..., its arguments}``), built
+    with ``num_classes=len(class_names)``, so a checkpoint alone rebuilds the model and knows its
+    classes (``src/models/nets.py``: what a network must be).
 
-    Optimizer and scheduler are partial constructors (Hydra ``_partial_``); they are not saved as
-    hyper-parameters, so loading a checkpoint for evaluation needs neither.
+    ``optimizer`` and ``scheduler`` are config nodes of partial constructors (Hydra
+    ``_partial_``); they are not saved as hyper-parameters, so loading a checkpoint for
+    evaluation needs neither.
 
-    ``pretrained`` (a torchvision AlexNet state dict file, or ``imagenet``) is only a record here:
-    ``load_pretrained`` reads it when a training run starts, so a checkpoint never needs the file.
-    ``freeze`` and ``lr_mult`` name modules of the network (``features``, ``classifier.fc8``);
-    ``bias_lr_mult`` multiplies the rate of every bias on top (cuda-convnet's epsB / epsW).
+    ``pretrained`` (a torchvision AlexNet state dict file, or ``imagenet``) and a network's own
+    weights (``model.net.weights`` of torchvision's networks) are only a record here:
+    ``load_pretrained`` reads them when a training run starts, so a checkpoint never needs the
+    file. ``freeze`` and ``lr_mult`` name modules of the network (``features``,
+    ``classifier.fc8``); ``bias_lr_mult`` multiplies the rate of every bias on top (cuda-convnet's
+    epsB / epsW).
 
     ``compile`` and ``channels_last`` are GPU switches that only the Trainer applies (in
     ``configure_model``): a checkpoint loads and predicts without them.
@@ -131,9 +106,9 @@ class ImageClassifier(LightningModule):
     def __init__(
         self,
         class_names: Sequence[str],
-        arch: str = "src.models.alexnet.AlexNet",
-        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-        scheduler: Callable[..., Any] | None = None,
+        net: Mapping[str, Any],
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
         scheduler_monitor: str = "val/loss",
         max_lr_drops: int | None = None,
         compile: bool = False,
@@ -142,17 +117,17 @@ class ImageClassifier(LightningModule):
         freeze: Sequence[str] = (),
         lr_mult: Mapping[str, float] | None = None,
         bias_lr_mult: float = 1.0,
-        **arch_kwargs: Any,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         # one empty value each, as checkpoints record them (null on the command line is unset)
         self.hparams.update(freeze=list(freeze or []), lr_mult=dict(lr_mult or {}))
-        check_optimizer(optimizer)
+        self.optimizer_factory = instantiate(optimizer) if optimizer else None
+        check_optimizer(self.optimizer_factory)
         if pretrained is not None:
-            check_torchvision_layout(arch, arch_kwargs)
+            check_torchvision_layout(net)
         self.class_names = list(class_names)
-        self.net: nn.Module = get_class(arch)(num_classes=len(self.class_names), **arch_kwargs)
+        self.net: nn.Module = build_net(net, len(self.class_names))
         freeze_modules(self.net, self.hparams.freeze)
         self.lr_mult = self.hparams.lr_mult
         self.lr_groups = lr_groups(self.net, self.lr_mult)
@@ -163,8 +138,7 @@ class ImageClassifier(LightningModule):
                 "the weights' rate)"
             )
         self.bias_lr_mult = float(mult)
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        self.scheduler_factory = instantiate(scheduler) if scheduler else None
         n = len(self.class_names)
         for stage in STAGES:
             metrics = MetricCollection(
@@ -195,11 +169,13 @@ class ImageClassifier(LightningModule):
         self.lr_scheduler: Any = None
 
     def load_pretrained(self) -> None:
-        """Read ``pretrained`` into the network: once, when a run starts from scratch (not on
-        resume, whose checkpoint holds the weights)."""
+        """Read ``pretrained``, and the network's own weights, into the network: once, when a
+        run starts from scratch (not on resume, whose checkpoint holds the weights)."""
         source = self.hparams.pretrained
         if source is not None:
             load_torchvision_alexnet(self.net, read_torchvision_state_dict(source), source)
+        if hasattr(self.net, "load_pretrained"):
+            self.net.load_pretrained()
 
     def configure_model(self) -> None:
         if self.hparams.channels_last:

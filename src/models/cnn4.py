@@ -92,15 +92,17 @@ def _check_cnn4(
     """Each list names its config key: a wrong length or value fails before any layer is built."""
     if len(init_std) != 4 or any(not _finite(s) or s <= 0 for s in init_std):
         raise ConfigError(
-            f"model.init_std={list(init_std)} needs 4 standard deviations above 0 (conv1, conv2, "
-            "conv3, fc; published: 0.0001, 0.01, 0.01, 0.01)"
+            f"model.net.init_std={list(init_std)} needs 4 standard deviations above 0 (conv1, "
+            "conv2, conv3, fc; published: 0.0001, 0.01, 0.01, 0.01)"
         )
     if len(pools) != 3 or any(p not in POOLS for p in pools):
-        raise ConfigError(f"model.pools={list(pools)} needs 3 values, each one of {list(POOLS)}")
+        raise ConfigError(
+            f"model.net.pools={list(pools)} needs 3 values, each one of {list(POOLS)}"
+        )
     if len(act_after_pool) != 3 or any(not isinstance(a, bool) for a in act_after_pool):
-        raise ConfigError(f"model.act_after_pool={list(act_after_pool)} needs 3 true/false")
+        raise ConfigError(f"model.net.act_after_pool={list(act_after_pool)} needs 3 true/false")
     if isinstance(rnorm_size, bool) or not isinstance(rnorm_size, int) or rnorm_size < 1:
-        raise ConfigError(f"model.rnorm_size={rnorm_size!r} must be a whole number >= 1")
+        raise ConfigError(f"model.net.rnorm_size={rnorm_size!r} must be a whole number >= 1")
     for key, value in (("rnorm_scale", rnorm_scale), ("rnorm_pow", rnorm_pow)):
         if not _finite(value) or value < 0:
             raise ConfigError(f"model.{key}={value!r} must be a finite number, 0 or more")

@@ -58,22 +58,24 @@ class PretrainedMismatchError(UserError):
     """A weights file whose names or shapes are not torchvision's AlexNet."""
 
 
-def check_torchvision_layout(arch: str, arch_kwargs: Mapping[str, Any]) -> None:
+def check_torchvision_layout(net: Mapping[str, Any]) -> None:
     """Before any work: only the network built as torchvision's can take its weights (LRN or
     another pooling would load every tensor and compute something else)."""
-    if arch != TORCHVISION_ARCH:
+    if net.get("_target_") != TORCHVISION_ARCH:
         raise ConfigError(
-            f"model.pretrained loads torchvision's AlexNet, not model.arch={arch}: use "
-            "model=alexnet_owt (its layout), or model.pretrained=null"
+            f"model.pretrained loads torchvision's AlexNet into this project's, not into "
+            f"model.net={net.get('_target_')}: use model=alexnet_owt (its layout), "
+            "model.net.weights for torchvision's own networks (model=torchvision), or "
+            "model.pretrained=null"
         )
     defaults = {
         name: p.default for name, p in inspect.signature(AlexNet.__init__).parameters.items()
     }
     differ = []
     for key, wanted in TORCHVISION_LAYOUT.items():
-        value = arch_kwargs.get(key, defaults[key])
+        value = net.get(key, defaults[key])
         if (list(value) if isinstance(value, list | tuple) else value) != wanted:
-            differ.append(f"model.{key}={value!r} (torchvision: {wanted!r})")
+            differ.append(f"model.net.{key}={value!r} (torchvision: {wanted!r})")
     if differ:
         raise ConfigError(
             f"model.pretrained loads torchvision's AlexNet, whose layout this model does not "

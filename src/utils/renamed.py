@@ -16,7 +16,16 @@ RENAMED = {
     "data.train_crop": "data.augment.crop is an operation now: +data/augment=random_resized_crop "
     "for random_resized; random is the default",
     "data.pca_noise": "+data/augment=pca_noise data.augment.pca_noise.std=SIGMA (0: leave it out)",
+    "model.arch": "model.net._target_=CLASS, or a preset: model=alexnet, model=cnn4, "
+    "model=torchvision model.net.name=NAME",
 }
+# the network's arguments, which moved into its own node, model.net
+NETWORK_KEYS = (
+    "widths", "hidden", "groups", "lrn", "pool_kernel", "pool_stride", "activation", "dropout",
+    "init", "in_channels", "init_std", "pools", "act_after_pool", "rnorm", "rnorm_size",
+    "rnorm_scale", "rnorm_pow",
+)  # fmt: skip
+RENAMED |= {f"model.{key}": f"model.net.{key}" for key in NETWORK_KEYS}
 
 
 def renamed(args: Sequence[str]) -> list[str]:
