@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 
 from bench.benchmark import machine, seed_article_loader, train_config
 from bench.jpegs import CLASSES, make_jpeg_tree
-from src.data.datamodule import ImageFolderDataModule
+from src.data.folders import ImageFolderDataModule
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ from bench.jpegs import CLASSES, JPEG_SIZE, make_jpeg_tree
 from bench.predict_speed import predict_vs_eval
 from src.callbacks import StepClock
 from src.data.batch_transform import IMAGENET_MEAN, IMAGENET_STD
-from src.data.datamodule import ImageFolderDataModule
+from src.data.folders import ImageFolderDataModule
 from src.utils import instantiate_all
 
 log = logging.getLogger(__name__)

@@ -27,8 +27,8 @@ from PIL import Image
 
 from bench.jpegs import make_jpeg_tree
 from src.data.cache import CachedImages, ensure_cache
-from src.data.folders import ImageSet
 from src.data.imagenet import ImageNetDataModule
+from src.data.images import ImageSet
 
 log = logging.getLogger(__name__)
 RESULTS = Path(__file__).with_name("imagenet_build.md")

@@ -28,6 +28,7 @@ from src.data.micrographs import ensure_micrographs
 from src.eval import evaluate
 from src.predict import predict
 from src.train import train
+from src.utils.overrides import open_data_keys
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ GOAL = 0.8
 
 def config(name: str, out: Path, *overrides: str) -> DictConfig:
     """``conf/NAME.yaml`` as ``python -m src.NAME OVERRIDES`` composes it, writing into ``out``."""
+    if name == "eval":
+        overrides = open_data_keys(overrides)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name=name, overrides=list(overrides))
     with open_dict(cfg):

@@ -21,15 +21,12 @@ import io
 import logging
 import random
 import shutil
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import OverrideParseException
 from hydra.utils import get_class, get_object
 from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -58,15 +55,8 @@ FORMAT_VERSION = 5
 MODEL_KEYS_RESUME_MAY_CHANGE = (
     "optimizer", "scheduler", "max_lr_drops", "compile", "channels_last", "pretrained",
 )  # fmt: skip
-# What evaluating or resuming may change about a checkpoint's data: where the files are and how
-# they are loaded or checked, never what the model sees.
-DATA_KEYS_MAY_CHANGE = (
-    "root", "batch_size", "num_workers", "pin_memory", "persistent_workers", "ten_crop",
-    "cache_dir", "skip_bad_images", "backend", "verify_archives",
-)  # fmt: skip
-# What src.eval and src.predict take of the data settings: where the files are and how they
-# are loaded (ten crops are their own ten_crop=true; data=imagenet's MD5 check is training's).
-EVAL_DATA_KEYS = tuple(k for k in DATA_KEYS_MAY_CHANGE if k not in ("ten_crop", "verify_archives"))
+# What evaluating or resuming may change about a checkpoint's data is the data module's to say:
+# its class's ``may_change`` (src/data/datamodule.py).
 
 # Defaults of the keys added before versions were recorded: what those runs did without them.
 _V1_MODEL_DEFAULTS = {
@@ -79,7 +69,12 @@ _V1_DATA_DEFAULTS = {
     "backend": "pil", "cache_dir": "data/cache", "skip_bad_images": False, "val_fraction": 0.1,
     "test_fraction": 0.1, "split_seed": 0,
 }  # fmt: skip
-_MOVED = {"src.data.datamodule.MicrographDataModule": "src.data.micrographs.MicrographDataModule"}
+# Data modules that moved: a checkpoint names its class by where it was. Lightning files the
+# state under the class's name, which did not change, so the state needs no move.
+_MOVED = {
+    "src.data.datamodule.MicrographDataModule": "src.data.micrographs.MicrographDataModule",
+    "src.data.datamodule.ImageFolderDataModule": "src.data.folders.ImageFolderDataModule",
+}
 MODEL_TARGET = "src.models.classifier.ImageClassifier"
 # how Hydra builds a node, not what it builds
 HYDRA_FLAGS = ("_convert_", "_recursive_", "_partial_")
@@ -107,8 +102,6 @@ def upgrade(checkpoint: dict[str, Any]) -> dict[str, Any]:
         checkpoint.setdefault("model_target", MODEL_TARGET)
         data = checkpoint.setdefault("datamodule_hyper_parameters", {})
         checkpoint["datamodule_hyper_parameters"] = _V1_DATA_DEFAULTS | data
-        target = checkpoint.get("datamodule_target")
-        checkpoint["datamodule_target"] = _MOVED.get(target, target)
     if version < 3:
         model = checkpoint["hyper_parameters"]
         model.setdefault("bias_lr_mult", 1.0)
@@ -122,6 +115,8 @@ def upgrade(checkpoint: dict[str, Any]) -> dict[str, Any]:
         target = model.pop("arch", "src.models.alexnet.AlexNet")
         arguments = {k: model.pop(k) for k in list(model) if k not in _V4_CLASSIFIER_KEYS}
         model["net"] = {"_target_": target, **arguments}
+    target = checkpoint.get("datamodule_target")
+    checkpoint["datamodule_target"] = _MOVED.get(target, target)
     checkpoint["format_version"] = FORMAT_VERSION
     return checkpoint
 
@@ -309,7 +304,7 @@ def check_resume(
     data_class = get_object(checkpoint["datamodule_target"])
     saved_data = with_defaults(checkpoint["datamodule_hyper_parameters"], data_class)
     requested = with_defaults(datamodule.hparams, type(datamodule))
-    conflicts += contradictions("data", requested, saved_data, DATA_KEYS_MAY_CHANGE)
+    conflicts += contradictions("data", requested, saved_data, data_class.may_change)
     if conflicts:
         raise ConfigError(
             f"ckpt_path={ckpt_path} was trained with other settings: {'; '.join(conflicts)}. "
@@ -344,13 +339,24 @@ def datamodule_from_checkpoint(
     checkpoint: dict[str, Any], requested: Mapping[str, Any] | None = None
 ) -> LightningDataModule:
     """The data module a checkpoint was trained with, its preprocessing and state included, with
-    only ``EVAL_DATA_KEYS`` taken from ``requested`` (the command line)."""
+    only the keys its class's ``may_change`` names taken from ``requested`` (the command line):
+    where its files are and how they are loaded."""
+    data_class = get_class(checkpoint["datamodule_target"])
     requested = {k: v for k, v in (requested or {}).items() if v is not None}
-    unknown = sorted(set(requested) - set(EVAL_DATA_KEYS))
-    if unknown:
-        raise ConfigError(refusal([f"data.{k}" for k in unknown], EVAL_DATA_KEYS))
-    settings = checkpoint["datamodule_hyper_parameters"] | requested
-    datamodule = get_class(checkpoint["datamodule_target"])(**settings)
+    # ten crops are evaluation's own ten_crop=true
+    allowed = [k for k in data_class.may_change if k != "ten_crop"]
+    refused = sorted(set(requested) - set(allowed))
+    if refused:
+        raise ConfigError(
+            f"{', '.join(f'data.{k}' for k in refused)}: evaluation takes the data settings from "
+            f"the checkpoint; only {', '.join(f'data.{k}' for k in allowed)} may be given (and "
+            "ten_crop=true for ten-crop testing)."
+        )
+    # keys the class no longer takes (a flat folder's split keys, which ImageNet and CIFAR-10
+    # carried until format 5) describe nothing it does
+    accepted = signature_defaults(data_class).keys() | inspect.signature(data_class).parameters
+    saved = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if k in accepted}
+    datamodule = data_class(**(saved | requested))
     restore_datamodule(datamodule, checkpoint)
     return datamodule
 
@@ -360,35 +366,6 @@ def evaluation_transform(checkpoint: dict[str, Any]) -> BatchTransform:
     left out: its sizes, normalisation and, where used, the training set's mean image it
     carries. Call it with stage ``predict`` (the centre crop) or ``ten_crop=True``."""
     return datamodule_from_checkpoint(checkpoint).evaluation_transform()
-
-
-def refuse_data_overrides(
-    allowed: Sequence[str] = EVAL_DATA_KEYS, args: Sequence[str] | None = None
-) -> None:
-    """Stop, with one line, on a data key that ``allowed`` lacks (one copied from the training
-    command, say), before Hydra would answer it with a composition error: evaluation and
-    prediction take the data settings from the checkpoint."""
-    args = [a for a in (sys.argv[1:] if args is None else args) if not a.startswith("-")]
-    try:
-        overrides = OverridesParser.create().parse_overrides(args)
-    except OverrideParseException:
-        return  # Hydra reports malformed overrides itself
-    refused = [
-        o.key_or_group
-        for o in overrides
-        if o.key_or_group == "data"
-        or (o.key_or_group.startswith("data.") and o.key_or_group[5:] not in allowed)
-    ]
-    if refused:
-        raise SystemExit(refusal(refused, allowed))
-
-
-def refusal(keys: Sequence[str], allowed: Sequence[str]) -> str:
-    return (
-        f"{', '.join(keys)}: evaluation takes the data settings from the checkpoint; only "
-        f"{', '.join(f'data.{k}' for k in allowed)} may be given (and ten_crop=true for "
-        "ten-crop testing)."
-    )
 
 
 def load_classifier(path: str | Path) -> tuple[LightningModule, dict[str, Any]]:

@@ -6,20 +6,17 @@ testing, nothing else.
 """
 
 import logging
+import sys
 
 import hydra
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from src.checkpoints import (
-    datamodule_from_checkpoint,
-    load_classifier,
-    refuse_data_overrides,
-)
+from src.checkpoints import datamodule_from_checkpoint, load_classifier
 from src.experiments.figure4 import write_figure4
 from src.utils import ConfigError, exit_on_user_error, instantiate_all
-from src.utils.renamed import refuse_renamed
+from src.utils.overrides import open_data_keys, refuse_renamed
 
 log = logging.getLogger(__name__)
 
@@ -75,5 +72,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     refuse_renamed()
-    refuse_data_overrides()
+    sys.argv[1:] = open_data_keys()
     main()

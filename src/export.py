@@ -35,7 +35,7 @@ from src.checkpoints import evaluation_transform, load_classifier
 from src.data.batch_transform import BatchTransform
 from src.utils import ConfigError, UserError, exit_on_user_error
 from src.utils.io import atomic_write
-from src.utils.renamed import refuse_renamed
+from src.utils.overrides import refuse_renamed
 
 log = logging.getLogger(__name__)
 

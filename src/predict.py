@@ -1,6 +1,8 @@
 """Classify images with a trained checkpoint: ``python -m src.predict ckpt_path=PATH image=PATH``.
 
-``image=`` is one file or a folder (every image under it, at any depth). The images go through
+``image=`` is one file, a folder (every image under it, at any depth) or a label file
+(``labels.csv``: its ``path`` column, relative to its folder, and its ``label`` column where it
+has one, as ``data=csv`` reads it). The images go through
 the network in batches, read by the loader and the evaluation transform ``src.eval`` uses, both
 built from the checkpoint, so no data set is needed. ``ten_crop=true`` averages the softmax over
 the ten crops of each image (paper, section 4.1) instead of taking the centre crop.
@@ -9,7 +11,8 @@ Writes into the output folder:
 
 - ``predictions.csv``, one row per image: its path relative to ``image=``, the top-1 class and
   probability, the ``top_k`` classes and probabilities, the true class where ``image=`` is a tree
-  of class folders named as the checkpoint's classes, and the error of a file that could not be
+  of class folders named as the checkpoint's classes (or a label file naming them), and the
+  error of a file that could not be
   read (the file is skipped, the others are still classified); ``predictions.json`` holds the
   same rows. Rows are written as the batches come, so a folder of any size fits in memory.
 - where the true classes are known, ``confusion_matrix.png``, and the accuracy in the log;
@@ -33,16 +36,13 @@ from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
-from src.checkpoints import (
-    evaluation_transform,
-    load_classifier,
-    refuse_data_overrides,
-)
-from src.data.images import image_files, load_rgb, load_square
+from src.checkpoints import evaluation_transform, load_classifier
+from src.data.csvfile import read_rows
+from src.data.images import image_files, load_rgb, load_square, relative_to
 from src.experiments.figures import confusion_matrix_figure, prediction_figure
 from src.utils import ConfigError, MissingFileError, exit_on_user_error
 from src.utils.io import write_figure
-from src.utils.renamed import refuse_renamed
+from src.utils.overrides import refuse_data_keys, refuse_renamed
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,22 @@ log = logging.getLogger(__name__)
 class Inputs:
     """What ``image=`` names: its files, each with its path relative to ``base``, and the true
     labels (indices into the checkpoint's classes) when every file lies under a folder named
-    after one of them, else ``None``."""
+    after one of them, or a label file gives one of them for every row, else ``None``."""
 
     def __init__(self, path: str | Path, class_names: list[str]) -> None:
         path = Path(path)
-        if path.is_file():
+        index = {name: i for i, name in enumerate(class_names)}
+        self.labels: list[int] | None = None
+        if path.is_file() and path.suffix.lower() == ".csv":
+            rows = read_rows(path, required=("path",))
+            self.base, self.single = path.parent, False
+            self.files = [path.parent / row["path"] for row in rows]
+            given = [row["label"] for row in rows]
+            if all(label in index for label in given):
+                self.labels = [index[label] for label in given]
+            elif any(given):
+                log.warning("%s: labels that are not the checkpoint's classes; no accuracy", path)
+        elif path.is_file():
             self.base, self.files, self.single = path.parent, [path], True
         elif path.is_dir():
             self.base, self.files, self.single = path, image_files(path), False
@@ -62,11 +73,11 @@ class Inputs:
                 raise MissingFileError(f"image={path}: the folder holds no images")
         else:
             raise MissingFileError(f"image={path}: no such file or folder")
-        self.relative = [p.relative_to(self.base) for p in self.files]
-        index = {name: i for i, name in enumerate(class_names)}
-        tops = [r.parts[0] if len(r.parts) > 1 else None for r in self.relative]
-        known = not self.single and all(top in index for top in tops)
-        self.labels = [index[top] for top in tops] if known else None
+        self.relative = [Path(relative_to(p, self.base)) for p in self.files]
+        if path.is_dir():
+            tops = [r.parts[0] if len(r.parts) > 1 else None for r in self.relative]
+            if all(top in index for top in tops):
+                self.labels = [index[top] for top in tops]
 
     def figure_names(self) -> list[Path]:
         """``<relative path without suffix>_prediction.png``; the suffix is kept where two files
@@ -311,5 +322,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     refuse_renamed()
-    refuse_data_overrides(allowed=("batch_size", "num_workers"))
+    refuse_data_keys(allowed=("batch_size", "num_workers"))
     main()

@@ -24,7 +24,7 @@ from src.models.classifier import DivergedError, ImageClassifier
 from src.models.nets import check_input_size
 from src.utils import ConfigError, exit_on_user_error, instantiate_all
 from src.utils.io import atomic_write
-from src.utils.renamed import refuse_renamed
+from src.utils.overrides import refuse_renamed
 
 log = logging.getLogger(__name__)
 

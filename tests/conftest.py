@@ -16,6 +16,7 @@ from omegaconf import DictConfig, open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from src.data.micrographs import ensure_micrographs
+from src.utils.overrides import open_data_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -23,7 +24,10 @@ TINY_DATA = {"train_per_class": 2, "val_per_class": 1, "test_per_class": 1, "ima
 
 
 def compose(name: str, overrides: list[str]) -> DictConfig:
-    """``conf/NAME.yaml`` with OVERRIDES, the ``hydra`` node included, as Hydra composes it."""
+    """``conf/NAME.yaml`` with OVERRIDES, the ``hydra`` node included, as Hydra composes it (the
+    data keys of ``src.eval`` opened as its command line opens them)."""
+    if name == "eval":
+        overrides = open_data_keys(overrides)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose_hydra(config_name=name, overrides=overrides, return_hydra_config=True)

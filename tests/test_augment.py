@@ -19,14 +19,14 @@ import tests.frozen_batch_transform as frozen
 from src.checkpoints import CheckpointWriteError, read_checkpoint
 from src.data.augment import Cutout, PCANoise, PerImage, build_operations
 from src.data.batch_transform import BatchTransform
-from src.data.datamodule import ImageFolderDataModule
+from src.data.folders import ImageFolderDataModule
 from src.eval import evaluate
 from src.export import export
 from src.predict import predict
 from src.train import train
 from src.utils import ConfigError
 from src.utils.io import load_checkpoint
-from src.utils.renamed import renamed
+from src.utils.overrides import renamed
 from tests.conftest import ROOT, compose, compose_config
 
 FIXTURE = ROOT / "tests" / "fixtures" / "format3_cnn4.ckpt"

@@ -117,7 +117,7 @@ def test_exif_rotation_is_applied():
 
 
 def test_an_image_smaller_than_the_crop_is_resized_up(tiny_root, tmp_path):
-    from src.data.datamodule import ImageFolderDataModule
+    from src.data.folders import ImageFolderDataModule
 
     root = tmp_path / "small"
     shutil.copytree(tiny_root, root, ignore=shutil.ignore_patterns("manifest.json"))

@@ -11,7 +11,7 @@ from torchvision.transforms import v2
 
 from src.data.cache import CachedImages, cache_folder, ensure_cache
 from src.data.cifar10 import CIFAR10DataModule
-from src.data.datamodule import ImageFolderDataModule
+from src.data.folders import ImageFolderDataModule
 from src.data.images import load_rgb
 from src.models.classifier import ImageClassifier
 

@@ -5,8 +5,7 @@ import pytest
 import torch
 from lightning import Trainer
 
-from src.data.datamodule import ImageFolderDataModule
-from src.data.folders import check_image_folder
+from src.data.folders import ImageFolderDataModule, check_image_folder
 from src.data.micrographs import CLASSES, MicrographDataModule
 
 

@@ -8,11 +8,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from src.checkpoints import datamodule_state
-from src.data import datamodule as datamodule_module
-from src.data.datamodule import BadImagesError, ImageFolderDataModule
-from src.data.splits import SHOWN, SplitChangedError, check_unchanged, make_split
+from src.data import splits as splits_module
+from src.data.datamodule import BadImagesError
+from src.data.folders import ImageFolderDataModule
+from src.data.splits import SHOWN, SplitChangedError, check_unchanged, class_of, make_split
 from src.eval import evaluate
 from src.train import train
 from src.utils.io import load_checkpoint
@@ -31,14 +33,16 @@ def flat_root(tiny_root: Path, tmp_path: Path) -> Path:
     return root
 
 
-def files(counts: dict[str, int]) -> list[str]:
-    return [f"{name}/{i:03}.jpg" for name, count in counts.items() for i in range(count)]
+def files(counts: dict[str, int]) -> dict[str, str]:
+    """Relative path -> class of a flat folder with these counts."""
+    paths = [f"{name}/{i:03}.jpg" for name, count in counts.items() for i in range(count)]
+    return {path: class_of(path) for path in paths}
 
 
 def test_the_split_is_seeded_and_stratified(tmp_path):
     counts = {"b": 30, "a": 10, "c": 3}
     split = make_split(tmp_path, files(counts), 0.1, 0.1, seed=0)
-    assert split == make_split(tmp_path, files(counts)[::-1], 0.1, 0.1, seed=0)
+    assert split == make_split(tmp_path, dict(reversed(files(counts).items())), 0.1, 0.1, seed=0)
     assert split != make_split(tmp_path, files(counts), 0.1, 0.1, seed=1)
     # every class in every split, at its share (at least one), training keeps the rest
     shares = {name: Counter(p.split("/")[0] for p in paths) for name, paths in split.items()}
@@ -74,13 +78,13 @@ def test_unreadable_files_of_a_flat_folder_are_listed_or_skipped(backend, flat_r
     dm = ImageFolderDataModule(str(flat_root), skip_bad_images=True, **options)
     dm.prepare_data()
     dm.setup("fit")
-    assert "8.0/broken.jpg" in sum(dm.split.values(), [])  # in the split, never read
+    assert "8.0/broken.jpg" in sum(dm.split.lists.values(), [])  # in the split, never read
     assert sum(len(d) for d in dm.datasets.values()) == 56
 
 
 def test_a_change_is_listed_trimmed_with_counts(tmp_path):
-    split = {"train": files({"a": 3}), "val": ["b/0.jpg"], "test": []}
-    found = files({"a": 2}) + [f"new/{i:02}.jpg" for i in range(SHOWN + 2)]
+    split = {"train": list(files({"a": 3})), "val": ["b/0.jpg"], "test": []}
+    found = list(files({"a": 2})) + [f"new/{i:02}.jpg" for i in range(SHOWN + 2)]
     with pytest.raises(SplitChangedError) as err:
         check_unchanged(tmp_path, split, found, "in the checkpoint")
     message = str(err.value)
@@ -98,7 +102,7 @@ def test_both_backends_train_on_a_flat_folder(backend, flat_root, train_config, 
     with caplog.at_level(logging.INFO):
         metrics = train(cfg)
     assert "test/acc" in metrics
-    assert f"split the class folders of {flat_root}" in caplog.text
+    assert f"split the images of {flat_root}" in caplog.text
     assert "28 train, 14 val, 14 test" in caplog.text
     run = Path(cfg.paths.output_dir)
     split = json.loads((run / "split.json").read_text())
@@ -120,14 +124,21 @@ def test_eval_and_resume_read_the_checkpoints_split_and_stop_when_files_change(
     def no_new_split(*_):
         raise AssertionError("a new split was made")
 
-    def evaluate_in(folder: str) -> dict[str, float]:
-        args = [f"ckpt_path={last}", "trainer.accelerator=cpu"]
+    def evaluate_in(folder: str, ckpt: Path = last) -> dict[str, float]:
+        args = [f"ckpt_path={ckpt}", "trainer.accelerator=cpu"]
         return evaluate(compose_config("eval", args, tmp_path / folder))
 
+    # a checkpoint written before the module moved out of src.data.datamodule names it there
+    moved = load_checkpoint(last) | {
+        "datamodule_target": "src.data.datamodule.ImageFolderDataModule"
+    }
+    torch.save(moved, tmp_path / "moved.ckpt")
     with monkeypatch.context() as patched:
-        patched.setattr(datamodule_module, "make_split", no_new_split)
-        evaluate_in("eval")
+        patched.setattr(splits_module, "make_split", no_new_split)
+        metrics = evaluate_in("eval")
+        assert evaluate_in("eval-moved", tmp_path / "moved.ckpt") == metrics
     assert json.loads((tmp_path / "eval" / "split.json").read_text()) == split
+    assert json.loads((tmp_path / "eval-moved" / "split.json").read_text()) == split
 
     gone = flat_root / split["val"][0]
     shutil.copy(gone, flat_root / "8.0" / "added.jpg")

@@ -10,9 +10,8 @@ import torch
 from src.data import statistics
 from src.data.cache import ensure_cache
 from src.data.cifar10 import CIFAR10DataModule
-from src.data.datamodule import ImageFolderDataModule
-from src.data.folders import ImageSet
-from src.data.images import load_square
+from src.data.folders import ImageFolderDataModule
+from src.data.images import ImageSet, load_square
 from src.data.statistics import pca_offsets, sample_rows, training_statistics
 from src.eval import evaluate
 from src.predict import predict

@@ -36,8 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from src.data.folders import ImageSet, as_image_set
-from src.data.images import load_square, record_verdicts
+from src.data.images import ImageSet, as_image_set, load_square, record_verdicts, relative_to
 from src.utils import UserError, usable_cpus
 from src.utils.io import atomic_write
 
@@ -62,7 +61,7 @@ def cache_key(images: ImageSet, resize_size: int) -> str:
     digest = hashlib.sha256(f"v{CACHE_VERSION} {resize_size}\n".encode())
     for path, _ in sorted(images.samples):
         stat = os.stat(path)
-        relative = Path(path).relative_to(images.base).as_posix()
+        relative = relative_to(path, images.base)
         digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 

@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, VisionDataset
 
-from src.data.datamodule import ImageFolderDataModule
+from src.data.datamodule import ImageDataModule
 from src.data.images import square
 from src.data.statistics import CHUNK, pixel_statistics
 from src.utils import ConfigError, MissingFileError
@@ -96,13 +96,16 @@ def missing_files(root: str | Path) -> list[Path]:
     return [folder / n for n in names if not (folder / n).is_file()]
 
 
-class CIFAR10DataModule(ImageFolderDataModule):
+class CIFAR10DataModule(ImageDataModule):
     """50,000 training images; CIFAR-10 has no validation split, so validation and test both use
     the 10,000 test images, the set the paper reports on.
 
     Images stay 32 px unless ``resize_size``/``crop_size`` say otherwise; ``batch_size`` is the
-    global batch, split over devices as in the ImageFolder module.
+    global batch, split over devices as for every data set. The arrays are in memory already: it
+    gives Datasets of uint8 squares (``make_datasets``) instead of files.
     """
+
+    may_change = (*ImageDataModule.may_change, "root")
 
     def __init__(
         self,
@@ -119,10 +122,9 @@ class CIFAR10DataModule(ImageFolderDataModule):
                 f"data.backend={kwargs['backend']!r}: the cache holds decoded image folders, and "
                 "CIFAR-10's images are already decoded arrays in memory; use data.backend=pil"
             )
-        super().__init__(
-            root=root, resize_size=resize_size, crop_size=crop_size, mean=mean, std=std, **kwargs
-        )
+        super().__init__(resize_size=resize_size, crop_size=crop_size, mean=mean, std=std, **kwargs)
         self.save_hyperparameters(logger=False)
+        self.source = self.root = Path(root)
         self._files: dict[bool, CIFAR10Files] = {}
 
     @property

@@ -1,27 +1,47 @@
-"""DataModules: any folder of class folders, split by hand or not, and the built-in synthetic
-micrographs."""
+"""The data-module contract: what a data set gives, and everything it gets for it.
 
-import json
+A data set is a subclass of ``ImageDataModule`` in a module of its own, and a config. It gives:
+
+- ``classes``: its class names, in label order;
+- ``split_images()``: the images of ``train``, ``val`` and ``test`` as ``ImageSet``\\ s (files with
+  labels; test may be val's), listed once; or, for images already in memory, ``make_datasets()``
+  returning Datasets of uint8 (3, S, S) squares and ``ensure_statistics()`` (CIFAR-10 does);
+- ``source``: the folder or file it reads, named in its messages and records;
+- ``may_change``: which of its keys may differ when a checkpoint is evaluated or resumed (where
+  its files are, how they are loaded), the base's and its own.
+
+It gets, without a line of its own: both backends (``cache``, decoded once into a memory map;
+``pil``, decoded in the loader's workers); the check of every file before the first step and
+``skip_bad_images``; the training set's statistics (mean image, RGB principal components) where a
+setting uses them; loaders with exact mid-epoch resume (``src/data/loader.py``); the one batch
+transform and the training operations of ``augment``; checkpointed state (the run's shuffle seed,
+the statistics, and a split where the module makes one); DDP (a global batch split over the
+devices, every evaluation image seen once).
+
+The hooks, in the order Lightning calls them: ``prepare_data`` (one process per node) runs
+``prepare_cache``, ``find_bad_images`` and ``ensure_statistics``, each of which lists the images
+with ``split_images``; then ``setup`` (every process) runs ``make_datasets``. A checkpoint's
+state is loaded before both when evaluating (``datamodule_from_checkpoint``), after ``setup``
+when resuming a fit.
+"""
+
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from lightning import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from src.data.augment import CROPS_AND_FLIPS, BatchOperation, build_operations, check_augment
 from src.data.batch_transform import IMAGENET_MEAN, IMAGENET_STD, INPUT_SCALES, BatchTransform
 from src.data.cache import CachedImages, cache_folder, ensure_cache
-from src.data.folders import ImageSet, check_image_folder, is_flat
-from src.data.images import find_bad_images, load_square, root_record
+from src.data.images import ImageSet, find_bad_images, load_square, root_record
 from src.data.loader import EpochShuffle, make_loader
-from src.data.splits import check_unchanged, flat_image_sets, make_split, note_new_split
 from src.data.statistics import KEYS, training_statistics
 from src.utils import ConfigError, UserError
 from src.utils.io import atomic_write
@@ -60,17 +80,6 @@ def check_data_config(hp: Any) -> None:
     check_augment(hp.augment)
     if not isinstance(hp.augment_val, bool):
         raise ConfigError(f"data.augment_val={hp.augment_val!r} must be true or false")
-    fractions = (hp.val_fraction, hp.test_fraction)
-    if any(isinstance(f, bool) or not isinstance(f, int | float) for f in fractions) or not (
-        hp.val_fraction > 0 and hp.test_fraction >= 0 and sum(fractions) < 1
-    ):
-        raise ConfigError(
-            f"data.val_fraction={hp.val_fraction!r} and data.test_fraction={hp.test_fraction!r} "
-            "are the shares of each class a flat folder holds out of training: val above 0, "
-            "test 0 or more (0: testing uses val), together below 1"
-        )
-    if not isinstance(hp.split_seed, int) or isinstance(hp.split_seed, bool):
-        raise ConfigError(f"data.split_seed={hp.split_seed!r} must be a whole number")
     if hp.backend not in BACKENDS:
         raise ConfigError(f"data.backend={hp.backend!r} is not one of {list(BACKENDS)}")
     if not hp.cache_dir:
@@ -97,23 +106,24 @@ class SquareImages(Dataset):
         return torch.from_numpy(load_square(path, self.resize_size)), label
 
 
-class ImageFolderDataModule(LightningDataModule):
-    """Train/val/test loaders over ``root/{train,val,test}``, or over a split of a flat folder of
-    class folders (``val_fraction`` and ``test_fraction`` of each class, shuffled by
-    ``split_seed``); test falls back to val.
+class ImageDataModule(LightningDataModule):
+    """Train/val/test loaders of uint8 squares, and the one batch transform that turns them into
+    the network's input, for any data set that says what its images are (module docstring).
 
     ``batch_size`` is the global batch: each of the trainer's devices gets an equal share, as the
     paper's batch of 128 was split over its two GPUs.
-
-    Both backends deliver uint8 squares of ``resize_size``: ``"cache"`` from a memory map built
-    once in ``cache_dir`` (src/data/cache.py), ``"pil"`` decoded in the loader's workers every
-    epoch. ``on_after_batch_transfer`` then crops, flips and normalises whole batches with the one
-    ``BatchTransform``, on the device the model runs on.
     """
+
+    # How a checkpoint's data may be loaded elsewhere (a subclass adds where its files are):
+    # never what the model sees.
+    may_change: ClassVar[tuple[str, ...]] = (
+        "batch_size", "num_workers", "pin_memory", "persistent_workers", "ten_crop", "cache_dir",
+        "skip_bad_images", "backend",
+    )  # fmt: skip
+    source: Path
 
     def __init__(
         self,
-        root: str,
         batch_size: int = 64,
         num_workers: int = 2,
         pin_memory: bool = False,
@@ -129,14 +139,10 @@ class ImageFolderDataModule(LightningDataModule):
         backend: str = "pil",
         cache_dir: str = "data/cache",
         skip_bad_images: bool = False,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        split_seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
         check_data_config(self.hparams)
-        self.root = Path(root)
         self.datasets: dict[str, Dataset] = {}
         # The splits evaluated on ten crops: the test after training with ``ten_crop``; src.eval
         # sets the split it evaluates. Training's own validation stays on the centre crop.
@@ -151,15 +157,14 @@ class ImageFolderDataModule(LightningDataModule):
         self.statistics: dict[str, torch.Tensor] | None = None
         self.transform: BatchTransform | None = None
         self._operations: list[BatchOperation] | None = None
-        # A flat folder's split, relative paths per split: made by a new run, carried by its
-        # checkpoints (state_dict), so evaluation and resuming read the very same files.
-        self.split: dict[str, list[str]] | None = None
-        self.split_origin = "at the start of this run"
-        self._image_sets: dict[str, ImageSet] | None = None
 
     @property
     def classes(self) -> list[str]:
-        return check_image_folder(self.root)
+        raise NotImplementedError
+
+    def split_images(self) -> dict[str, ImageSet]:
+        """The images of ``train``, ``val`` and ``test``, listed once (memoise them)."""
+        raise NotImplementedError
 
     def prepare_data(self) -> None:
         # Every file is decoded before the first step: by the cache build where the data are
@@ -168,40 +173,8 @@ class ImageFolderDataModule(LightningDataModule):
         self.find_bad_images()
         self.ensure_statistics()
 
-    def split_folders(self) -> dict[str, Path]:
-        """The folder each stage reads: test falls back to val."""
-        test = "test" if (self.root / "test").is_dir() else "val"
-        return {"train": self.root / "train", "val": self.root / "val", "test": self.root / test}
-
-    def split_images(self) -> dict[str, ImageSet]:
-        """The images each stage reads, in either layout (test falls back to val), listed once."""
-        if self._image_sets is None:
-            classes = check_image_folder(self.root)
-            if is_flat(self.root):
-                listed = ImageSet.of_folder(self.root)
-                split = self.flat_split(listed.relative_paths())
-                self._image_sets = flat_image_sets(self.root, classes, split)
-            else:
-                folders = self.split_folders()
-                listed = {folder: ImageSet.of_folder(folder) for folder in set(folders.values())}
-                self._image_sets = {split: listed[folder] for split, folder in folders.items()}
-        return self._image_sets
-
-    def flat_split(self, files: list[str]) -> dict[str, list[str]]:
-        """The split already made (by a checkpoint's run or earlier in this one), which the
-        folder must still match, or a new one."""
-        if self.split is not None:
-            check_unchanged(self.root, self.split, files, self.split_origin)
-            return self.split
-        hp = self.hparams
-        self.split = make_split(self.root, files, hp.val_fraction, hp.test_fraction, hp.split_seed)
-        if rank_zero_only.rank == 0:
-            record = root_record(hp.cache_dir, self.root, "splits")
-            note_new_split(self.root, self.split, record, hp.split_seed)
-        return self.split
-
     def verdicts_file(self) -> Path:
-        return root_record(self.hparams.cache_dir, self.root, "verified")
+        return root_record(self.hparams.cache_dir, self.source, "verified")
 
     def find_bad_images(self) -> dict[Path, str]:
         """Decode every file of every split before the first step (verdicts cached under
@@ -210,7 +183,7 @@ class ImageFolderDataModule(LightningDataModule):
         images = self.split_images().values()
         files = list(dict.fromkeys(Path(path) for split in images for path, _ in split.samples))
         bad = find_bad_images(files, self.verdicts_file())
-        self.settle_bad_images(bad, len(files), f"files under '{self.root}'")
+        self.settle_bad_images(bad, len(files), f"files of '{self.source}'")
         return bad
 
     def settle_bad_images(self, bad: dict[Path, str], total: int, where: str) -> None:
@@ -314,6 +287,12 @@ class ImageFolderDataModule(LightningDataModule):
             for split, images in self.split_images().items()
         }
 
+    def run_records(self) -> dict[str, str]:
+        """Files for the run folder (name -> text): the unreadable images left out; a module
+        that splits its data adds the split."""
+        listing = "".join(f"{path}\t{problem}\n" for path, problem in self.bad_images.items())
+        return {"bad_images.txt": listing} if self.bad_images else {}
+
     def setup(self, stage: str | None = None) -> None:
         self.batch_size_per_device = self.per_device_batch_size()
         self.ensure_statistics()
@@ -322,22 +301,18 @@ class ImageFolderDataModule(LightningDataModule):
         self.datasets = self.make_datasets()
         found = self.datasets["train"].classes
         if found != self.classes:
-            # Labels are folder indices: names in any other order would mislabel predictions.
+            # Labels are indices: names in any other order would mislabel predictions.
             raise ConfigError(
-                f"Class folders of '{self.root}' {found} differ from the expected {self.classes}"
+                f"The classes of '{self.source}' {found} differ from the expected {self.classes}"
             )
         trainer = self.trainer
         if trainer is None or trainer.is_global_zero:
             sizes = ", ".join(f"{len(d):,} {split}" for split, d in self.datasets.items())
-            log.info("data: %s images from %s (backend %s)", sizes, self.root, self.hparams.backend)
-        if trainer is None or not trainer.is_global_zero:
-            return
-        if self.bad_images:
-            listing = "".join(f"{path}\t{problem}\n" for path, problem in self.bad_images.items())
-            atomic_write(Path(trainer.default_root_dir) / "bad_images.txt", listing)
-        if self.split is not None:
-            split_file = Path(trainer.default_root_dir) / "split.json"
-            atomic_write(split_file, json.dumps(self.split, indent=1))
+            backend = self.hparams.backend
+            log.info("data: %s images from %s (backend %s)", sizes, self.source, backend)
+        if trainer is not None and trainer.is_global_zero:
+            for name, text in self.run_records().items():
+                atomic_write(Path(trainer.default_root_dir) / name, text)
 
     def loader(self, dataset: Dataset, **kwargs: Any) -> StatefulDataLoader:
         """A loader of uint8 batches over one of this module's datasets (or a part of one)."""
@@ -359,10 +334,7 @@ class ImageFolderDataModule(LightningDataModule):
         return self.loader(train, sampler=order)
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"shuffle_seed": self.seed}
-        if self.split is not None:
-            state["split"] = self.split
-        return state | (self.statistics or {})
+        return {"shuffle_seed": self.seed} | (self.statistics or {})
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Also before setup (``datamodule_from_checkpoint``)."""
@@ -371,9 +343,6 @@ class ImageFolderDataModule(LightningDataModule):
         if all(k in state_dict for k in KEYS):
             self.statistics = {k: state_dict[k] for k in KEYS}
             log.info("Pixel statistics taken from the checkpoint")
-        if "split" in state_dict:
-            self.split = {name: list(paths) for name, paths in state_dict["split"].items()}
-            self.split_origin = "in the checkpoint"
 
     def _eval_loader(self, split: str) -> StatefulDataLoader:
         """Each process evaluates its own share of the split and every image exactly once: the

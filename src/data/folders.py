@@ -1,52 +1,17 @@
-"""Image-folder trees: the class folders, the checks that name what to fix, and the images of a
-split as an ``ImageSet``, listed once by the one lister of ``src.data.images``."""
+"""Image-folder trees, ``data=imagefolder``: the class folders, the checks that name what to fix,
+and their data module, over ``root/{train,val,test}`` or over a split of a flat folder of class
+folders."""
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from src.data.images import image_files
+from src.data.images import SPLITS, ImageSet, class_folders
+from src.data.splits import SplitDataModule, class_of, image_sets
 from src.utils import ConfigError, MissingFileError
 from src.utils.io import atomic_write
-
-SPLITS = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class ImageSet:
-    """The images of one split in label order, and the names its cache and statistics files
-    take: a split folder (``root/train``) or a file list under a flat folder of classes."""
-
-    name: str
-    base: Path  # the files are keyed by their paths relative to it
-    classes: list[str]
-    samples: list[tuple[str, int]]
-
-    @classmethod
-    def of_folder(cls, split_dir: str | Path) -> "ImageSet":
-        """A folder of class folders, labelled as ``ImageFolder`` labels it (sorted names)."""
-        split_dir = Path(split_dir)
-        classes = class_folders(split_dir)
-        label = {name: i for i, name in enumerate(classes)}
-        samples = [
-            (str(path), label[parts[0]])
-            for path in image_files(split_dir)
-            if len(parts := path.relative_to(split_dir).parts) > 1 and parts[0] in label
-        ]
-        return cls(f"{split_dir.parent.name}-{split_dir.name}", split_dir, classes, samples)
-
-    def relative_paths(self) -> list[str]:
-        return [Path(path).relative_to(self.base).as_posix() for path, _ in self.samples]
-
-
-def as_image_set(source: str | Path | ImageSet) -> ImageSet:
-    return source if isinstance(source, ImageSet) else ImageSet.of_folder(source)
-
-
-def class_folders(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def is_flat(root: Path) -> bool:
@@ -112,3 +77,44 @@ def check_has_images(folders: list[Path], where: str = "") -> None:
 def write_class_indices(classes: list[str], path: str | Path) -> Path:
     """``{"0": "10.0", ...}``: label index to class name, the file prediction scripts expect."""
     return atomic_write(path, json.dumps(dict(enumerate(classes)), indent=2))
+
+
+class ImageFolderDataModule(SplitDataModule):
+    """Train/val/test loaders over ``root/{train,val,test}``, or over a split of a flat folder of
+    class folders (``val_fraction`` and ``test_fraction`` of each class, shuffled by
+    ``split_seed``: ``SeededSplit``); test falls back to val. Every other key is the base's
+    (``src/data/datamodule.py``)."""
+
+    may_change = (*SplitDataModule.may_change, "root")
+
+    def __init__(self, root: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters(logger=False)
+        self.source = self.root = Path(root)
+        self._image_sets: dict[str, ImageSet] | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return check_image_folder(self.root)
+
+    def split_folders(self) -> dict[str, Path]:
+        """The folder each stage reads: test falls back to val."""
+        test = "test" if (self.root / "test").is_dir() else "val"
+        return {"train": self.root / "train", "val": self.root / "val", "test": self.root / test}
+
+    def split_images(self) -> dict[str, ImageSet]:
+        """The images each stage reads, in either layout (test falls back to val), listed once."""
+        if self._image_sets is None:
+            classes = check_image_folder(self.root)
+            if is_flat(self.root):
+                files = ImageSet.of_folder(self.root).relative_paths()
+                class_of_file = {path: class_of(path) for path in files}
+                split = self.split.of(class_of_file)
+                self._image_sets = image_sets(
+                    self.root.name, self.root, classes, split, class_of_file
+                )
+            else:
+                folders = self.split_folders()
+                listed = {folder: ImageSet.of_folder(folder) for folder in set(folders.values())}
+                self._image_sets = {split: listed[folder] for split, folder in folders.items()}
+        return self._image_sets

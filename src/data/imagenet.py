@@ -28,7 +28,7 @@ from torchvision.datasets.imagenet import ARCHIVE_META
 from torchvision.datasets.utils import calculate_md5
 
 from src.data.cache import CACHE_VERSION, INDEX, CachedImages, Chunk, ensure_chunked_cache
-from src.data.datamodule import ImageFolderDataModule
+from src.data.datamodule import ImageDataModule
 from src.data.statistics import cached_statistics
 from src.utils import ConfigError, MissingFileError, UserError
 from src.utils.io import atomic_write
@@ -201,7 +201,7 @@ class EmptySplit(Dataset):
         raise IndexError(i)
 
 
-class ImageNetDataModule(ImageFolderDataModule):
+class ImageNetDataModule(ImageDataModule):
     """ImageNet from ``root``'s three official archives: train from ILSVRC2012_img_train.tar,
     val from ILSVRC2012_img_val.tar (test falls back to val), the classes from the devkit.
 
@@ -209,6 +209,8 @@ class ImageNetDataModule(ImageFolderDataModule):
     a kill skips (``ensure_chunked_cache``), into ``cache_dir``. ``verify_archives`` checks the
     official MD5s first; archives that differ are used as they are without it.
     """
+
+    may_change = (*ImageDataModule.may_change, "root", "verify_archives")
 
     def __init__(self, root: str, verify_archives: bool = False, **kwargs: Any) -> None:
         if kwargs.setdefault("backend", "cache") != "cache":
@@ -220,8 +222,9 @@ class ImageNetDataModule(ImageFolderDataModule):
             )
         if not isinstance(verify_archives, bool):
             raise ConfigError(f"data.verify_archives={verify_archives!r} must be true or false")
-        super().__init__(root=root, **kwargs)
+        super().__init__(**kwargs)
         self.save_hyperparameters(logger=False)
+        self.source = self.root = Path(root)
         self._devkit: Devkit | None = None
 
     def archives(self, splits: tuple[str, ...] = ()) -> dict[str, Path]:

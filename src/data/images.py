@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from torchvision.transforms.v2 import functional as F
 from src.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
 
 # 16-bit and 32-bit integer greyscale: scaled from 0..65535 to 0..255 (257 = 65535 / 255).
 _WIDE_GREY = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
@@ -66,6 +69,49 @@ def square(image: Image.Image, size: int) -> np.ndarray:
 def load_square(path: str | Path, size: int) -> np.ndarray:
     """The uint8 (3, S, S) square of a file, as both input paths deliver it."""
     return square(load_rgb(path), size)
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """The images of one split in label order, and the names its cache and statistics files
+    take: a split folder (``root/train``), a file list under a flat folder of classes, or the
+    rows of a label file."""
+
+    name: str
+    base: Path  # the files are keyed by their paths relative to it
+    classes: list[str]
+    samples: list[tuple[str, int]]
+
+    @classmethod
+    def of_folder(cls, split_dir: str | Path) -> "ImageSet":
+        """A folder of class folders, labelled as ``ImageFolder`` labels it (sorted names)."""
+        split_dir = Path(split_dir)
+        classes = class_folders(split_dir)
+        label = {name: i for i, name in enumerate(classes)}
+        samples = [
+            (str(path), label[parts[0]])
+            for path in image_files(split_dir)
+            if len(parts := path.relative_to(split_dir).parts) > 1 and parts[0] in label
+        ]
+        return cls(f"{split_dir.parent.name}-{split_dir.name}", split_dir, classes, samples)
+
+    def relative_paths(self) -> list[str]:
+        return [relative_to(path, self.base) for path, _ in self.samples]
+
+
+def class_folders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def as_image_set(source: str | Path | ImageSet) -> ImageSet:
+    return source if isinstance(source, ImageSet) else ImageSet.of_folder(source)
+
+
+def relative_to(path: str | Path, base: Path) -> str:
+    """``path`` relative to ``base``, as a POSIX path, or absolute where it lies elsewhere (a
+    label file may name files anywhere)."""
+    path = Path(path)
+    return (path.relative_to(base) if path.is_relative_to(base) else path.absolute()).as_posix()
 
 
 def image_files(folder: str | Path) -> list[Path]:

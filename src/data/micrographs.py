@@ -29,7 +29,7 @@ from PIL import Image
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from src.data.datamodule import ImageFolderDataModule
+from src.data.folders import ImageFolderDataModule
 from src.utils import usable_cpus
 
 log = logging.getLogger(__name__)

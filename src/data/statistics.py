@@ -17,8 +17,7 @@ import numpy as np
 import torch
 
 from src.data.cache import INDEX, CachedImages, cache_folder, cache_key
-from src.data.folders import ImageSet, as_image_set
-from src.data.images import load_square
+from src.data.images import ImageSet, as_image_set, load_square
 from src.utils import usable_cpus
 from src.utils.io import atomic_write
 
