@@ -21,6 +21,7 @@ from src.checkpoints import check_resume, restore_datamodule
 from src.cluster import StopSignals, checkpoint_to_resume
 from src.data.folders import write_class_indices
 from src.models.classifier import DivergedError, ImageClassifier, min_input_size
+from src.trackers import finished_tracker_runs, tracker_loggers
 from src.utils import ConfigError, exit_on_user_error, instantiate_all
 from src.utils.io import atomic_write
 from src.utils.renamed import refuse_renamed
@@ -129,7 +130,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     128 + the signal's number."""
     signals = StopSignals(is_global_zero=rank_zero_only.rank == 0).install()
     try:
-        return fit_and_test(cfg, signals)
+        with finished_tracker_runs():
+            return fit_and_test(cfg, signals)
     except SIGTERMException:
         signals.exit()
         raise
@@ -162,7 +164,7 @@ def fit_and_test(cfg: DictConfig, signals: StopSignals) -> dict[str, float]:
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=instantiate_all(cfg.get("callbacks")),
-        logger=instantiate_all(cfg.get("logger")),
+        logger=tracker_loggers(cfg.get("logger"), output_dir, ckpt_path),
     )
     check_launch(trainer)
     signals.is_global_zero = trainer.is_global_zero
