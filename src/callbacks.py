@@ -1,9 +1,10 @@
 """Every Lightning callback of the project: what a researcher checks first, put into TensorBoard
-while the network trains, and the clocks that experiments and benchmarks read.
+(and W&B, MLflow) while the network trains, and the clocks that experiments and benchmarks read.
 
 Each TensorBoard callback is an entry of ``conf/callbacks/default.yaml`` (off with
-``callbacks.NAME=null``); they act only when the trainer has a TensorBoardLogger and draw on rank
-zero only, with the drawings of ``src.experiments.figures``. Throughput is Lightning's own
+``callbacks.NAME=null``); the image callbacks act when a logger takes images (``src.trackers``),
+the HPARAMS one when the trainer has a TensorBoardLogger; they draw on rank zero only, with the
+drawings of ``src.experiments.figures``. Throughput is Lightning's own
 ``ThroughputMonitor`` (``images_in`` counts a batch's images for it).
 """
 
@@ -29,6 +30,7 @@ from src.experiments.figures import (
     labelled_grid,
 )
 from src.models.nets import first_conv, towers
+from src.trackers import image_loggers, log_image
 from src.utils import ConfigError
 
 log = logging.getLogger(__name__)
@@ -66,11 +68,10 @@ class TrainingSamples(Callback):
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        logger = find_tensorboard(trainer)
         # without a data module (loaders passed to fit) the preprocessing to undo is unknown
         if (
             self.logged
-            or logger is None
+            or not image_loggers(trainer)
             or trainer.datamodule is None
             or not trainer.is_global_zero
         ):
@@ -80,9 +81,7 @@ class TrainingSamples(Callback):
         pixels = trainer.datamodule.transform.pixels(images.float())
         names = [pl_module.class_names[i] for i in targets.tolist()]
         fig = labelled_grid(pixels, names, nrow=self.nrow)
-        logger.experiment.add_image(
-            "samples/train", figure_to_array(fig), trainer.global_step, dataformats="HWC"
-        )
+        log_image(trainer, "samples/train", figure_to_array(fig), dataformats="HWC")
 
 
 class FirstLayerFilters(Callback):
@@ -98,11 +97,10 @@ class FirstLayerFilters(Callback):
         self.nrow = nrow
 
     def log_filters(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        logger = find_tensorboard(trainer)
-        if logger is None or not trainer.is_global_zero:
+        if not image_loggers(trainer) or not trainer.is_global_zero:
             return
         grid = filter_grid(conv1(pl_module.net).weight, towers(pl_module.net), self.nrow)
-        logger.experiment.add_image("filters/conv1", grid, trainer.global_step)
+        log_image(trainer, "filters/conv1", grid)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.log_filters(trainer, pl_module)
@@ -125,7 +123,7 @@ class ValidationConfusionMatrix(Callback):
         self.hook: torch.utils.hooks.RemovableHandle | None = None
 
     def active(self, trainer: Trainer) -> bool:
-        return find_tensorboard(trainer) is not None and not trainer.sanity_checking
+        return bool(image_loggers(trainer)) and not trainer.sanity_checking
 
     def keep_logits(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
         self.logits = output.detach()
@@ -163,9 +161,7 @@ class ValidationConfusionMatrix(Callback):
             acc = matrix.diagonal().sum() / matrix.sum().clamp_min(1)
             title = f"validation, epoch {trainer.current_epoch}: accuracy {acc:.3f}"
             fig = confusion_matrix_figure(matrix, pl_module.class_names, title)
-            find_tensorboard(trainer).experiment.add_image(
-                "val/confusion_matrix", figure_to_array(fig), trainer.global_step, dataformats="HWC"
-            )
+            log_image(trainer, "val/confusion_matrix", figure_to_array(fig), dataformats="HWC")
 
 
 class InterruptCheckpoint(Callback):
@@ -233,7 +229,8 @@ class HyperparametersWithMetrics(Callback):
     Only the session start is written, with the hyper-parameters: TensorBoard then pairs them
     with every scalar of the run at its last logged value (so the run's final metrics, and no
     placeholder ever enters a curve), and over a sweep it lists first the hyper-parameters
-    that differ between the jobs.
+    that differ between the jobs. W&B and MLflow need no such step: the config that ``src.train``
+    logs becomes their run's config or params, shown beside its metrics.
     """
 
     def __init__(self, ignore: Sequence[str] = ()) -> None:

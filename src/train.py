@@ -22,6 +22,7 @@ from src.cluster import StopSignals, checkpoint_to_resume
 from src.data.folders import write_class_indices
 from src.models.classifier import DivergedError, ImageClassifier
 from src.models.nets import check_input_size
+from src.trackers import finished_tracker_runs, tracker_loggers
 from src.utils import ConfigError, exit_on_user_error, instantiate_all
 from src.utils.io import atomic_write
 from src.utils.overrides import refuse_renamed
@@ -120,7 +121,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     128 + the signal's number."""
     signals = StopSignals(is_global_zero=rank_zero_only.rank == 0).install()
     try:
-        return fit_and_test(cfg, signals)
+        with finished_tracker_runs():
+            return fit_and_test(cfg, signals)
     except SIGTERMException:
         signals.exit()
         raise
@@ -153,7 +155,7 @@ def fit_and_test(cfg: DictConfig, signals: StopSignals) -> dict[str, float]:
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=instantiate_all(cfg.get("callbacks")),
-        logger=instantiate_all(cfg.get("logger")),
+        logger=tracker_loggers(cfg.get("logger"), output_dir, ckpt_path),
     )
     check_launch(trainer)
     signals.is_global_zero = trainer.is_global_zero
