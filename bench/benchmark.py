@@ -16,6 +16,8 @@
 6. The training operations of ``data.augment`` per batch on the CPU: the default list and one
    more operation each, a torchvision transform listed as it is among them
    (bench/augment_cost.py).
+7. How fast each entry point's command line answers (``--help``, ``--cfg job``, ...;
+   bench/cli_speed.py).
 
 Every figure is the median of ``--reps`` repetitions, given with its range; the repetitions of
 the alternatives compared alternate, so a change in the machine's load hits both.
@@ -46,6 +48,7 @@ from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
 from bench.augment_cost import operation_costs
+from bench.cli_speed import command_line_times
 from bench.jpegs import CLASSES, JPEG_SIZE, make_jpeg_tree
 from bench.predict_speed import predict_vs_eval
 from src.callbacks import StepClock
@@ -477,6 +480,7 @@ def main() -> None:
                 work, quick=args.images < parser.get_default("images"), reps=min(reps, 3)
             ),
             "6. Training operations": operation_costs(reps),
+            "7. Command line": command_line_times(min(reps, 3)),
         }
     command = "python -m bench.benchmark " + " ".join(sys.argv[1:])
     text = [

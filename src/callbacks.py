@@ -10,7 +10,7 @@ drawings of ``src.experiments.figures``. Throughput is Lightning's own
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from src.experiments.figures import (
 )
 from src.models.nets import first_conv, towers
 from src.trackers import image_loggers, log_image
-from src.utils import ConfigError
+from src.utils import ConfigError, flatten
 
 log = logging.getLogger(__name__)
 
@@ -207,17 +207,6 @@ class EpochClock(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         pl_module.log("train/seconds", time.perf_counter() - self.start)
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"optimizer": {"lr": 0.01}}}`` -> ``{"model.optimizer.lr": 0.01}``."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat |= flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 class HyperparametersWithMetrics(Callback):

@@ -2,19 +2,17 @@
 
 The model, the kind of data module and every preprocessing setting come from the checkpoint;
 the command line may point at other files and change how they are loaded, and ask for ten-crop
-testing, nothing else.
+testing, nothing else. torch and Lightning load when the evaluation runs, so the command line
+answers before they do.
 """
 
 import logging
 import sys
 
 import hydra
-import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from src.checkpoints import datamodule_from_checkpoint, load_classifier
-from src.experiments.figure4 import write_figure4
 from src.utils import ConfigError, exit_on_user_error, instantiate_all
 from src.utils.overrides import open_data_keys, refuse_renamed
 
@@ -41,6 +39,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(f"split={cfg.split!r} must be 'val' or 'test'")
     if cfg.ten_crop is not None and not isinstance(cfg.ten_crop, bool):
         raise ConfigError(f"ten_crop={cfg.ten_crop!r} must be true, false or null")
+    import lightning as L
+
+    from src.checkpoints import datamodule_from_checkpoint, load_classifier
+    from src.experiments.figure4 import write_figure4
+
     L.seed_everything(cfg.seed, workers=True)
     model, checkpoint = load_classifier(cfg.ckpt_path)
     datamodule = datamodule_from_checkpoint(checkpoint, OmegaConf.to_container(cfg.data))

@@ -17,25 +17,28 @@ Writes into ``output`` (default: this run's folder):
 Needs the optional extra: ``pip install -e '.[export]'``.
 """
 
+from __future__ import annotations
+
 import importlib
 import io
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import numpy as np
-import torch
 from omegaconf import DictConfig
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from src.checkpoints import evaluation_transform, load_classifier
-from src.data.batch_transform import BatchTransform
 from src.utils import ConfigError, UserError, exit_on_user_error
 from src.utils.io import atomic_write
 from src.utils.overrides import refuse_renamed
+
+if TYPE_CHECKING:  # torch loads when the export runs: the command line answers before it does
+    import torch
+
+    from src.data.batch_transform import BatchTransform
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,8 @@ def preprocessing(
 ) -> dict[str, Any]:
     """What ``preprocessing.json`` holds: enough to reproduce the network's input in any
     language, step by step."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
     crop = transform.crop_size
     norm = normalisation(transform)
     steps: list[dict[str, Any]] = [
@@ -144,6 +149,8 @@ def preprocessing(
 def export_onnx(net: torch.nn.Module, crop: int, path: Path, opset: int | None) -> None:
     """``net`` as one self-contained ONNX file with a dynamic batch dimension, written
     atomically."""
+    import torch
+
     example = torch.zeros(2, 3, crop, crop)
     # the exporter's passes log every rewrite at INFO: the run's log keeps only its warnings
     for name in QUIET_LOGGERS:
@@ -171,6 +178,8 @@ def export_onnx(net: torch.nn.Module, crop: int, path: Path, opset: int | None) 
 def compare(session: Any, net: torch.nn.Module, inputs: torch.Tensor) -> float:
     """The largest difference between onnxruntime's and PyTorch's logits on ``inputs``, relative
     to the largest logit where that is above 1."""
+    import torch
+
     (onnx_logits,) = session.run([OUTPUT], {INPUT: inputs.numpy()})
     with torch.inference_mode():
         torch_logits = net(inputs).numpy()
@@ -183,6 +192,10 @@ def export(cfg: DictConfig) -> Path:
     if cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format!r} is not one of {list(FORMATS)}")
     modules = require_export_modules()
+    import torch
+
+    from src.checkpoints import evaluation_transform, load_classifier
+
     model, checkpoint = load_classifier(cfg.ckpt_path)
     transform = evaluation_transform(checkpoint)
     data = checkpoint["datamodule_hyper_parameters"]

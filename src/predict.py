@@ -18,7 +18,11 @@ Writes into the output folder:
 - where the true classes are known, ``confusion_matrix.png``, and the accuracy in the log;
 - with ``figures=true`` (the default for a single file), one titled PNG per image, named after
   its path relative to ``image=`` so that no two collide.
+
+torch loads when the task runs, not at the top, so the command line answers before it does.
 """
+
+from __future__ import annotations
 
 import csv
 import io
@@ -28,21 +32,20 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import torch
+import numpy as np
 from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from torch.utils.data import DataLoader, Dataset
 
-from src.checkpoints import evaluation_transform, load_classifier
-from src.data.csvfile import read_rows
-from src.data.images import image_files, load_rgb, load_square, relative_to
-from src.experiments.figures import confusion_matrix_figure, prediction_figure
 from src.utils import ConfigError, MissingFileError, exit_on_user_error
 from src.utils.io import write_figure
 from src.utils.overrides import refuse_data_keys, refuse_renamed
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import DataLoader
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,9 @@ class Inputs:
     after one of them, or a label file gives one of them for every row, else ``None``."""
 
     def __init__(self, path: str | Path, class_names: list[str]) -> None:
+        from src.data.csvfile import read_rows
+        from src.data.images import image_files, relative_to
+
         path = Path(path)
         index = {name: i for i, name in enumerate(class_names)}
         self.labels: list[int] | None = None
@@ -92,9 +98,10 @@ class Inputs:
         ]
 
 
-class Squares(Dataset):
+class Squares:
     """Each file as the uint8 (3, S, S) square the evaluation loader delivers, or the reason it
-    could not be read: a broken file does not stop the others."""
+    could not be read: a broken file does not stop the others. A map-style dataset, which is
+    all a DataLoader asks for."""
 
     def __init__(self, files: list[Path], resize_size: int) -> None:
         self.files = files
@@ -103,20 +110,24 @@ class Squares(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
+        from src.data.images import load_square
+
         try:
-            return i, torch.from_numpy(load_square(self.files[i], self.resize_size)), None
+            return i, load_square(self.files[i], self.resize_size), None
         except Exception as err:  # noqa: BLE001 - any decoder failure is a verdict on the file
             return i, None, f"{type(err).__name__}: {err}"
 
 
-def collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> dict[str, Any]:
+def collate(items: list[tuple[int, np.ndarray | None, str | None]]) -> dict[str, Any]:
     """A batch of the readable squares, with every item's index and error."""
+    import torch
+
     squares = [square for _, square, _ in items if square is not None]
     return {
         "index": [i for i, _, _ in items],
         "errors": [error for _, _, error in items],
-        "squares": torch.stack(squares) if squares else None,
+        "squares": torch.from_numpy(np.stack(squares)) if squares else None,
     }
 
 
@@ -153,6 +164,8 @@ def check_config(cfg: DictConfig) -> None:
     """The keys of predict.yaml, named before any work."""
     if cfg.device not in DEVICES:
         raise ConfigError(f"device={cfg.device!r} is not one of {list(DEVICES)}")
+    import torch
+
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda: no CUDA GPU is available here; use device=auto or cpu")
     for key in ("ten_crop", "figures"):
@@ -196,7 +209,6 @@ def progress_bar(enabled: bool) -> Progress:
     )  # fmt: skip
 
 
-@torch.inference_mode()
 def batches_of_probabilities(
     model: torch.nn.Module,
     loader: DataLoader,
@@ -206,16 +218,20 @@ def batches_of_probabilities(
 ) -> Iterator[tuple[list[int], list[str | None], list[torch.Tensor | None]]]:
     """Per batch: the items' indices, errors and softmax rows (None where unreadable); the
     batch transform runs where the model does, as in src.eval."""
+    import torch
+
     n = len(model.class_names)
     for batch in loader:
         probs: list[torch.Tensor | None] = [None] * len(batch["index"])
         if batch["squares"] is not None:
-            squares = batch["squares"].to(device, non_blocking=True)
-            x = transform(squares, "predict", ten_crop=ten_crop)
-            # (B, crops, C, H, W): one crop, or ten whose softmax is averaged
-            x = x.unsqueeze(1) if x.ndim == 4 else x
-            p = model(x.flatten(0, 1)).view(len(x), -1, n).float().softmax(-1).mean(1)
-            rows = iter(p.cpu())
+            # not across the yield: the caller's code runs outside inference mode
+            with torch.inference_mode():
+                squares = batch["squares"].to(device, non_blocking=True)
+                x = transform(squares, "predict", ten_crop=ten_crop)
+                # (B, crops, C, H, W): one crop, or ten whose softmax is averaged
+                x = x.unsqueeze(1) if x.ndim == 4 else x
+                p = model(x.flatten(0, 1)).view(len(x), -1, n).float().softmax(-1).mean(1)
+                rows = iter(p.cpu())
             probs = [next(rows) if error is None else None for error in batch["errors"]]
         yield batch["index"], batch["errors"], probs
 
@@ -225,6 +241,13 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     ``image`` (its path), ``top`` ((class, probability) pairs) and ``figure`` (its PNG or None).
     """
     check_config(cfg)
+    import torch
+    from torch.utils.data import DataLoader
+
+    from src.checkpoints import evaluation_transform, load_classifier
+    from src.data.images import load_rgb
+    from src.experiments.figures import confusion_matrix_figure, prediction_figure
+
     start = time.perf_counter()
     model, checkpoint = load_classifier(cfg.ckpt_path)
     auto = "cuda" if torch.cuda.is_available() else "cpu"

@@ -41,7 +41,7 @@ from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from src.utils import ConfigError, UserError
+from src.utils import ConfigError, UserError, flatten
 from src.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -186,8 +186,6 @@ class MLFlowLogger(LightningMLFlowLogger):
 
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:
-        from src.callbacks import flatten  # src.callbacks imports this module
-
         config = OmegaConf.to_container(params) if isinstance(params, DictConfig) else params
         # keys as typed on the command line (model.optimizer.lr), not Lightning's model/optimizer
         flat = {key: str(value)[:250] for key, value in flatten(config).items()}

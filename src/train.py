@@ -1,37 +1,40 @@
-"""Train a model, then test its best checkpoint: ``python -m src.train [overrides]``."""
+"""Train a model, then test its best checkpoint: ``python -m src.train [overrides]``.
+
+torch and Lightning are imported by ``train`` and ``fit_and_test`` when the task runs, not at the
+top: the command line (``--help``, ``--cfg job``, a mistyped override) answers before they load.
+"""
+
+from __future__ import annotations
 
 import json
 import logging
 import math
 import multiprocessing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
-from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from src.checkpoints import check_resume, restore_datamodule
-from src.cluster import StopSignals, checkpoint_to_resume
-from src.data.folders import write_class_indices
-from src.models.classifier import DivergedError, ImageClassifier
-from src.models.nets import check_input_size
-from src.trackers import finished_tracker_runs, tracker_loggers
 from src.utils import ConfigError, exit_on_user_error, instantiate_all
 from src.utils.io import atomic_write
 from src.utils.overrides import refuse_renamed
 
+if TYPE_CHECKING:
+    import lightning as L
+
+    from src.cluster import StopSignals
+    from src.models.classifier import DivergedError, ImageClassifier
+
 log = logging.getLogger(__name__)
 
 
-@rank_zero_only
 def print_summary(metrics: dict[str, float], trainer: L.Trainer, output_dir: Path) -> None:
+    if not trainer.is_global_zero:
+        return
     ckpt = trainer.checkpoint_callback
     labels = {
         "val/acc_best": "best val/acc",
@@ -49,12 +52,6 @@ def print_summary(metrics: dict[str, float], trainer: L.Trainer, output_dir: Pat
     log.info("summary\n%s", "\n".join(lines))
 
 
-def batches_done(checkpoint: dict[str, Any]) -> int:
-    """How far into its epoch a checkpoint was written: 0 at an epoch's end."""
-    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
-    return progress["current"]["completed"] if progress else 0
-
-
 def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
@@ -63,11 +60,9 @@ def check_launch(trainer: L.Trainer) -> None:
     """Two traps of multiruns whose jobs start processes: Lightning's ddp starts its other
     processes by re-running the command line, so each would repeat the whole sweep; and in a
     joblib worker, new processes inherit a start method they cannot load."""
-    launcher = trainer.strategy.launcher
-    relaunches = isinstance(launcher, _SubprocessScriptLauncher) and (
-        not launcher.cluster_environment.creates_processes_externally
-    )
-    if relaunches and in_multirun():
+    from src.utils.lightning_compat import relaunches_command_line
+
+    if relaunches_command_line(trainer) and in_multirun():
         raise ConfigError(
             "trainer.strategy=ddp cannot run inside a multirun (-m or hparams_search): it starts "
             "its processes by re-running the command line, which would repeat the whole sweep. "
@@ -119,6 +114,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test as the config says; returns every logged metric as a float. A stop signal
     (``src.cluster``) ends it after a checkpoint of the step in progress, with exit status
     128 + the signal's number."""
+    from lightning.pytorch.utilities import rank_zero_only
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from src.cluster import StopSignals
+    from src.trackers import finished_tracker_runs
+
     signals = StopSignals(is_global_zero=rank_zero_only.rank == 0).install()
     try:
         with finished_tracker_runs():
@@ -131,6 +132,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def fit_and_test(cfg: DictConfig, signals: StopSignals) -> dict[str, float]:
+    import lightning as L
+
+    from src.checkpoints import check_resume, restore_datamodule
+    from src.cluster import checkpoint_to_resume
+    from src.data.folders import write_class_indices
+    from src.models.classifier import DivergedError
+    from src.models.nets import check_input_size
+    from src.trackers import tracker_loggers
+    from src.utils.lightning_compat import batches_done
+
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)

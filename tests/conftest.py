@@ -50,13 +50,15 @@ def run_cli(
     ok: bool = True,
     timeout: int = 600,
     env: dict[str, str] | None = None,
+    python_args: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess:
-    """``python -m MODULE ARGS`` in ``cwd``, as a user runs it (this checkout's code), with
-    ``env`` added to the environment; with ``ok``, a failure shows the end of its output. It
-    runs in a process group of its own, which a scheduler's signals can target as SLURM's do."""
+    """``python [PYTHON_ARGS] -m MODULE ARGS`` in ``cwd``, as a user runs it (this checkout's
+    code), with ``env`` added to the environment; with ``ok``, a failure shows the end of its
+    output. It runs in a process group of its own, which a scheduler's signals can target as
+    SLURM's do."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     result = subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [sys.executable, *python_args, "-m", module, *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
         start_new_session=True,
     )  # fmt: skip

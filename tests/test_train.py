@@ -1,5 +1,6 @@
 import json
 import logging
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,14 @@ from src.data.micrographs import CLASSES
 from src.eval import evaluate
 from src.predict import predict
 from src.train import train
-from tests.conftest import compose_config, micrograph_overrides, quick_overrides, run_cli, scalars
+from tests.conftest import (
+    ROOT,
+    compose_config,
+    micrograph_overrides,
+    quick_overrides,
+    run_cli,
+    scalars,
+)
 
 
 def test_fast_dev_run(train_config):
@@ -184,17 +192,32 @@ def test_command_line_run_writes_a_run_directory(tiny_overrides, tmp_path):
     assert f"tensorboard --logdir {run.resolve()}" in (run / "train.log").read_text()
 
 
+def imported(result: subprocess.CompletedProcess) -> set[str]:
+    """The top-level packages a ``python -X importtime`` run imported."""
+    lines = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()]
+    return {name.split(".")[0] for name in lines if name and not name.startswith("import")}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("entry", "args"),
-    [("src.train", ["model=alexnet"]), ("src.eval", ["ckpt_path=x"]),
-     ("src.predict", ["ckpt_path=x", "image=y"])],
+    ("entry", "args", "printed"),
+    [("src.train", ["model=alexnet"], "widths:\n    - 96"),
+     ("src.eval", ["ckpt_path=x"], "ckpt_path: x"),
+     ("src.predict", ["ckpt_path=x", "image=y"], "image: 'y'"),
+     ("src.export", ["ckpt_path=x"], "format: onnx")],
 )  # fmt: skip
-def test_entry_points_support_help_and_cfg(entry, args, tmp_path):
-    out = run_cli("--cfg", "job", *args, module=entry, cwd=tmp_path)
-    assert "task_name:" in out.stdout
-    helped = run_cli("--help", module=entry, cwd=tmp_path)
-    assert "Powered by Hydra" in helped.stdout
+def test_the_command_line_answers_before_torch_loads(entry, args, printed, tmp_path):
+    """--cfg job prints the config these overrides compose and --help lists the config groups
+    with their options, neither importing torch (so both answer in about a second)."""
+    timed = ("-X", "importtime")
+    out = run_cli("--cfg", "job", *args, module=entry, cwd=tmp_path, python_args=timed)
+    assert printed in out.stdout and "torch" not in imported(out)
+    helped = run_cli("--help", module=entry, cwd=tmp_path, python_args=timed)
+    assert "torch" not in imported(helped)
+    groups = helped.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    if entry == "src.train":
+        models = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml"))
+        assert f"model: {', '.join(models)}" in groups
 
 
 def test_paper_schedule_cuts_the_rate_then_stops(train_config):

@@ -1,13 +1,13 @@
-"""Small helpers shared by the entry points, and the config resolver they need."""
+"""Small helpers shared by the entry points, and the config resolvers they need. Nothing here
+imports torch (``on_gpu`` does when it is called), so the command line answers before it loads."""
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import wraps
 from typing import Any
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -45,6 +45,17 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
     if not group:
         return []
     return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"optimizer": {"lr": 0.01}}}`` -> ``{"model.optimizer.lr": 0.01}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 # What a required key (``???`` in the configs) looks like when given, for the one-line error.
@@ -89,10 +100,13 @@ def on_gpu(accelerator: str, if_gpu: Any, otherwise: Any) -> Any:
     GPU (accelerator gpu or cuda, or auto with CUDA available), else B. For the switches that pay
     off only there (bf16, channels-last, torch.compile, cudnn benchmark), so that ``make train``,
     ``trainer=gpu`` and ``trainer=ddp`` all get them and CPU runs stay as they were."""
-    uses_gpu = accelerator in ("gpu", "cuda") or (
-        accelerator == "auto" and torch.cuda.is_available()
-    )
-    return if_gpu if uses_gpu else otherwise
+    if accelerator in ("gpu", "cuda"):
+        return if_gpu
+    if accelerator != "auto":
+        return otherwise
+    import torch  # only where a task resolves its config: the command line stays fast
+
+    return if_gpu if torch.cuda.is_available() else otherwise
 
 
 OmegaConf.register_new_resolver("on_gpu", on_gpu, replace=True)

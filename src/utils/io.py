@@ -6,8 +6,6 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from src.utils import MissingFileError, UserError
 
 
@@ -42,6 +40,8 @@ def write_figure(fig: Any, path: str | Path, **savefig_kwargs: Any) -> Path:
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     """``torch.load`` with ``weights_only=True``: tensors and plain containers only, so a
     checkpoint from someone else cannot execute code when it is opened."""
+    import torch  # here, not at the top: the entry points import this module before torch
+
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(
