@@ -1,7 +1,8 @@
 """What the training operations of ``data.augment`` cost per batch on this machine's CPU: the
 batch transform's training side with the default list (the paper's crop and flip), and with one
 more operation each (PCA colour noise, Cutout, a torchvision v2 transform listed as it is and so
-run per image), on uint8 batches already in memory; one torch thread, as the batch transform
+run per image), and with the seed article's random-resized crop in place of the crop, on uint8
+batches already in memory; one torch thread, as the batch transform
 runs on the CPU.
 
 ``python -m bench.augment_cost`` prints the table; ``make bench`` adds it to bench/results.md
@@ -32,6 +33,8 @@ EXTRA = {
         }
     },
 }  # fmt: skip
+# in place of the paper's crop: the seed article's, per image (RandomResizedCrop's docstring)
+RESIZED = {"crop": {"_target_": "src.data.augment.RandomResizedCrop"}}
 # (batch, resize size, crop size): make train's, and the paper's
 SIZES = ((32, 112, 96), (128, 256, 224))
 
@@ -61,6 +64,9 @@ def operation_costs(reps: int = 5) -> list[str]:
     torch.manual_seed(0)
     lists = {"the default: crop, flip": dict(CROPS_AND_FLIPS)}
     lists |= {f"default + {name}": dict(CROPS_AND_FLIPS) | extra for name, extra in EXTRA.items()}
+    lists["random-resized crop per image, flip (`+data/augment=random_resized_crop`)"] = (
+        dict(CROPS_AND_FLIPS) | RESIZED
+    )
     header = " | ".join(f"batch {b}, {s} -> {c} px: ms (extra)" for b, s, c in SIZES)
     lines = [
         "The batch transform's training side (`src/data/batch_transform.py`) on uint8 batches in "

@@ -4,8 +4,8 @@
 Each TensorBoard callback is an entry of ``conf/callbacks/default.yaml`` (off with
 ``callbacks.NAME=null``); the image callbacks act when a logger takes images (``src.trackers``),
 the HPARAMS one when the trainer has a TensorBoardLogger; they draw on rank zero only, with the
-drawings of ``src.experiments.figures``. Throughput is Lightning's own
-``ThroughputMonitor`` (``images_in`` counts a batch's images for it).
+drawings of ``src.experiments.figures``. Nothing here reads a device value back to the host
+every step: on a GPU that would make the CPU wait for it.
 """
 
 import logging
@@ -31,13 +31,14 @@ from src.experiments.figures import (
 )
 from src.models.nets import first_conv, towers
 from src.trackers import image_loggers, log_image
-from src.utils import ConfigError, flatten
+from src.utils import ConfigError, UserError, flatten
+from src.utils.lightning_compat import batches_in_epoch
 
 log = logging.getLogger(__name__)
 
 
 def images_in(batch: Any) -> int:
-    """The number of images of a batch: ``ThroughputMonitor``'s ``batch_size_fn``."""
+    """The number of images of a batch (its labels' length: no read of the device)."""
     return len(batch[1])
 
 
@@ -113,31 +114,24 @@ class FirstLayerFilters(Callback):
 class ValidationConfusionMatrix(Callback):
     """Logs ``val/confusion_matrix`` after every validation epoch (not the sanity check).
 
-    The network's outputs are read with a forward hook during validation, so validation runs
-    no extra forward pass; the counts are summed over all processes under DDP.
+    The logits are those ``validation_step`` returns, so validation runs no extra forward
+    pass; the counts stay on the device and are summed over all processes under DDP.
     """
 
     def __init__(self) -> None:
         self.matrix: MulticlassConfusionMatrix | None = None
-        self.logits: torch.Tensor | None = None
-        self.hook: torch.utils.hooks.RemovableHandle | None = None
-
-    def active(self, trainer: Trainer) -> bool:
-        return bool(image_loggers(trainer)) and not trainer.sanity_checking
-
-    def keep_logits(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
-        self.logits = output.detach()
+        self.counting = False
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self.active(trainer):
+        self.counting = bool(image_loggers(trainer)) and not trainer.sanity_checking
+        if not self.counting:
             return
         if self.matrix is None:
-            self.matrix = MulticlassConfusionMatrix(len(pl_module.class_names))
+            # without its argument checks, which count the labels' values (a GPU sync)
+            classes = len(pl_module.class_names)
+            self.matrix = MulticlassConfusionMatrix(classes, validate_args=False)
         self.matrix = self.matrix.to(pl_module.device)
         self.matrix.reset()
-        # on the network, not the LightningModule: under DDP Lightning routes validation_step
-        # itself through the module's forward
-        self.hook = pl_module.net.register_forward_hook(self.keep_logits)
 
     def on_validation_batch_end(
         self,
@@ -148,14 +142,13 @@ class ValidationConfusionMatrix(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self.hook is not None:
-            self.matrix.update(self.logits, batch[1])
+        if self.counting:
+            self.matrix.update(outputs, batch[1])
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.hook is None:
+        if not self.counting:
             return
-        self.hook.remove()
-        self.hook = None
+        self.counting = False
         matrix = self.matrix.compute()
         if trainer.is_global_zero:
             acc = matrix.diagonal().sum() / matrix.sum().clamp_min(1)
@@ -184,6 +177,11 @@ class InterruptCheckpoint(Callback):
         stopped = isinstance(exception, SIGTERMException) and not trainer.sanity_checking
         if not stopped or trainer.state.fn != TrainerFn.FITTING:
             return
+        try:  # the loss is checked on the device at intervals: never save weights it broke
+            getattr(pl_module, "check_finite", lambda: None)()
+        except UserError as err:
+            log.error("Stopped by a signal, not saved: %s", err)
+            return
         start = time.perf_counter()
         trainer.save_checkpoint(self.path)
         if trainer.is_global_zero:
@@ -191,16 +189,57 @@ class InterruptCheckpoint(Callback):
                 "Stopped by a signal: saved epoch %d (counting from 0), step %d, batch %d of the "
                 "epoch, to %s in %.2f s",
                 trainer.current_epoch, trainer.global_step,
-                trainer.fit_loop.epoch_loop.batch_progress.current.completed, self.path,
+                batches_in_epoch(trainer), self.path,
                 time.perf_counter() - start,
             )  # fmt: skip
+
+
+class Throughput(Callback):
+    """Logs, at every training epoch's end, ``train/images_per_sec``: this process's training
+    images per second over the epoch, data loading included, validation not (with several
+    processes also ``train/images_per_sec_total``, all of them); and ``train/time``: the seconds
+    of training so far.
+
+    Not Lightning's ``ThroughputMonitor``: to time each batch it synchronises the GPU after every
+    step, which a GPU run then pays every step. An epoch's wall time needs no synchronisation:
+    the epoch ends with the metrics' reduction, which waits for the device anyway."""
+
+    def __init__(self) -> None:
+        self.time = 0.0
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # a resume in mid-epoch skips the epoch's start: its rate is that of the rest of it
+        self.on_train_epoch_start(trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.start, self.images, self.paused = time.perf_counter(), 0, 0.0
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        self.images += images_in(batch)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.validation_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self.paused += time.perf_counter() - self.validation_start
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        seconds = time.perf_counter() - self.start - self.paused
+        self.time += seconds
+        rates = {"train/images_per_sec": self.images / seconds, "train/time": self.time}
+        if trainer.world_size > 1:  # every process calls this hook: a collective is safe here
+            total = trainer.strategy.reduce(torch.tensor(self.images / seconds), reduce_op="sum")
+            rates["train/images_per_sec_total"] = float(total)
+        pl_module.log_dict(rates, rank_zero_only=True)
 
 
 class EpochClock(Callback):
     """Logs ``train/seconds`` at every epoch's end: wall-clock time since training began (after
     data preparation and the sanity check), validation included, so the time to a target error
-    can be read beside the error curve. ``ThroughputMonitor``'s ``train/time`` leaves validation
-    out and is logged per step, so it cannot say when an epoch ended."""
+    can be read beside the error curve. ``Throughput``'s ``train/time`` leaves validation out."""
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.start = time.perf_counter()
@@ -242,8 +281,8 @@ class HyperparametersWithMetrics(Callback):
 
 class StepClock(Callback):
     """The time at the end of every training step, for the benchmark (``bench/benchmark.py``) to
-    compare Lightning's steady rate with a plain loop's on the same steps: ``ThroughputMonitor``
-    only logs rates averaged over a window, never the steps' own times."""
+    compare Lightning's steady rate with a plain loop's on the same steps: ``Throughput`` logs an
+    epoch's rate, never the steps' own times."""
 
     def __init__(self) -> None:
         self.times: list[float] = []

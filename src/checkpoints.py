@@ -10,8 +10,8 @@ and loop states, ``epoch``, ``global_step``, the ``callbacks``' states):
   module's class, so evaluation needs no config;
 - the data module's ``state_dict`` under its class name: the seed of its training order, a flat
   folder's split, and the training set's pixel statistics where a setting uses them;
-- ``random_states`` and ``lr_scheduler``: what a resumed run needs to go on as one that never
-  stopped;
+- ``random_states`` (and under DDP ``random_states_of_ranks``, every process's) and
+  ``lr_scheduler``: what a resumed run needs to go on as one that never stopped;
 - ``format_version``: ``upgrade`` brings any older checkpoint to ``FORMAT_VERSION`` as it is read.
 """
 
@@ -19,13 +19,11 @@ import errno
 import inspect
 import io
 import logging
-import random
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from hydra.utils import get_class, get_object
 from lightning import LightningDataModule, LightningModule
@@ -35,6 +33,8 @@ from src.data.batch_transform import BatchTransform
 from src.models import cnn4
 from src.utils import ConfigError, UserError
 from src.utils.io import atomic_write, load_checkpoint
+from src.utils.lightning_compat import every_process, trainer_of
+from src.utils.randomness import random_states
 
 log = logging.getLogger(__name__)
 
@@ -198,40 +198,19 @@ def unwritten(path: Path, size: int, err: OSError) -> str:
     )
 
 
-def random_states() -> dict[str, Any]:
-    """Every random generator of this process as tensors and plain lists (loadable with
-    ``weights_only=True``)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, python_state, python_gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-        "python": [version, list(python_state), python_gauss],
-    }
-
-
-def set_random_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    kind, keys, pos, has_gauss, gauss = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, python_state, python_gauss = states["python"]
-    random.setstate((version, tuple(python_state), python_gauss))
-
-
 def stamp(checkpoint: dict[str, Any], module: LightningModule) -> None:
     """What ``src.train`` adds to Lightning's checkpoint (the module's ``on_save_checkpoint``)."""
     checkpoint["format_version"] = FORMAT_VERSION
-    # Saved at the end of an epoch or of the step a signal stopped: with the loader's position
-    # and the data module's shuffle seed, these states decide everything random that follows
-    # (the order, dropout, crops, flips, colour noise).
-    checkpoint["random_states"] = random_states()
     checkpoint["model_target"] = _target(module)
-    datamodule = module.trainer.datamodule if module._trainer is not None else None
-    if datamodule is not None:
-        checkpoint["datamodule_target"] = _target(datamodule)
+    # every process's generators (src/utils/randomness.py): process 0's are what a run on one
+    # device resumes from, as before; under DDP each process takes back its own
+    checkpoint["random_states"] = random_states()  # process 0 writes the file
+    trainer = trainer_of(module)
+    if trainer is not None and trainer.world_size > 1:
+        states = checkpoint["random_states"]
+        checkpoint["random_states_of_ranks"] = every_process(states, trainer.world_size)
+    if trainer is not None and trainer.datamodule is not None:
+        checkpoint["datamodule_target"] = _target(trainer.datamodule)
 
 
 def _target(obj: object) -> str:
@@ -313,9 +292,12 @@ def check_resume(
     return checkpoint
 
 
-def load_model(checkpoint: dict[str, Any]) -> LightningModule:
-    """The checkpoint's model, in eval mode on the CPU, from nothing but the checkpoint."""
-    model = get_class(checkpoint["model_target"])(**checkpoint["hyper_parameters"])
+def load_model(checkpoint: dict[str, Any], compile: bool | str = False) -> LightningModule:
+    """The checkpoint's model, in eval mode on the CPU, from nothing but the checkpoint; compiled
+    only as asked here (a GPU run's checkpoint records compile=true, which a laptop's CPU may
+    not want)."""
+    settings = checkpoint["hyper_parameters"] | {"compile": compile}
+    model = get_class(checkpoint["model_target"])(**settings)
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
 
@@ -368,7 +350,9 @@ def evaluation_transform(checkpoint: dict[str, Any]) -> BatchTransform:
     return datamodule_from_checkpoint(checkpoint).evaluation_transform()
 
 
-def load_classifier(path: str | Path) -> tuple[LightningModule, dict[str, Any]]:
+def load_classifier(
+    path: str | Path, compile: bool | str = False
+) -> tuple[LightningModule, dict[str, Any]]:
     """The model of the checkpoint at ``path`` (see ``load_model``) and the checkpoint itself."""
     checkpoint = read_checkpoint(path)
-    return load_model(checkpoint), checkpoint
+    return load_model(checkpoint, compile), checkpoint

@@ -43,9 +43,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     from src.checkpoints import datamodule_from_checkpoint, load_classifier
     from src.experiments.figure4 import write_figure4
+    from src.utils.lightning_compat import one_console_for_lightning
 
+    one_console_for_lightning()
     L.seed_everything(cfg.seed, workers=True)
-    model, checkpoint = load_classifier(cfg.ckpt_path)
+    model, checkpoint = load_classifier(cfg.ckpt_path, compile=cfg.compile)
     datamodule = datamodule_from_checkpoint(checkpoint, OmegaConf.to_container(cfg.data))
     ten_crop = cfg.ten_crop
     if ten_crop is None:

@@ -119,7 +119,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from src.cluster import StopSignals
     from src.trackers import finished_tracker_runs
+    from src.utils.lightning_compat import one_console_for_lightning
 
+    one_console_for_lightning()
     signals = StopSignals(is_global_zero=rank_zero_only.rank == 0).install()
     try:
         with finished_tracker_runs():
@@ -144,6 +146,12 @@ def fit_and_test(cfg: DictConfig, signals: StopSignals) -> dict[str, float]:
 
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    if cfg.model.get("compile"):
+        # each job of a multirun compiles its own graphs: in one process, those of the jobs
+        # before would count towards Dynamo's recompile limit and switch compiling off
+        import torch
+
+        torch.compiler.reset()
     output_dir = Path(cfg.paths.output_dir)
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)

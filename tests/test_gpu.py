@@ -40,3 +40,16 @@ def test_every_gpu_switch_at_once(train_config, tiny_root, tmp_path):
         compose_config("predict", [f"ckpt_path={ckpt}", f"image={image}"], tmp_path)
     )
     assert all(0 < p < 1 for _, p in result["top"])
+
+
+def test_crops_on_the_gpu_are_the_cpus_bit_for_bit():
+    """One gather on the device, from the same CPU draws: the same crops and flips."""
+    from src.data.augment import CROPS_AND_FLIPS, build_operations
+
+    images = torch.randint(0, 256, (16, 3, 72, 72), dtype=torch.uint8)
+    transform = BatchTransform(64, operations=build_operations(CROPS_AND_FLIPS))
+    torch.manual_seed(0)
+    on_cpu = transform(images, "train")
+    torch.manual_seed(0)
+    on_gpu = transform(images.cuda(), "train")
+    assert torch.equal(on_gpu.cpu(), on_cpu)

@@ -88,32 +88,45 @@ def _probability(value: Any, what: str) -> float:
     return float(value)
 
 
+def on_device(drawn: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A tensor drawn on the CPU, on ``device`` without the host waiting: from pinned memory,
+    asynchronously, where that is a GPU."""
+    if device.type != "cuda":
+        return drawn.to(device)
+    return drawn.pin_memory().to(device, non_blocking=True)
+
+
 class RandomCrop(BatchOperation):
     """The paper's training crop (section 4.1): a ``data.crop_size`` crop of each square at
     offsets uniform over [0, S - crop] on each axis, the distribution of ``v2.RandomCrop``.
 
-    Draws all the batch's tops, then all its lefts. Offsets come from the CPU generator: slicing
-    needs them as numbers, and drawing them on a GPU would make the CPU wait for it every batch.
-    One slice per image is 10-20x faster on the CPU than one batched gather, measured at
-    128 x 256 -> 224; on a GPU the slices are queued without waiting.
+    Draws all the batch's tops, then all its lefts, from the CPU generator (a draw on a GPU
+    would be read back to the host), then cuts every crop in one batched gather on the device,
+    one kernel on a GPU instead of one per image: an index into the view of every window of
+    every square. On the CPU it costs 1.1-1.6x a slice per image (measured at 128 x 256 -> 224);
+    the crops are the slices' bit for bit (tests/test_augment.py).
     """
 
     def __call__(self, images: torch.Tensor, transform: BatchTransform) -> torch.Tensor:
-        b, c, h, w = images.shape
+        b, _, h, w = images.shape
         size = transform.crop_size
-        tops = torch.randint(0, h - size + 1, (b,)).tolist()
-        lefts = torch.randint(0, w - size + 1, (b,)).tolist()
-        out = images.new_empty((b, c, size, size))
-        for i, (top, left) in enumerate(zip(tops, lefts, strict=True)):
-            out[i] = images[i, :, top : top + size, left : left + size]
-        return out
+        tops = on_device(torch.randint(0, h - size + 1, (b,)), images.device)
+        lefts = on_device(torch.randint(0, w - size + 1, (b,)), images.device)
+        windows = images.unfold(2, size, 1).unfold(3, size, 1)  # (B, C, H', W', size, size)
+        batch = torch.arange(b, device=images.device)
+        return windows.permute(0, 2, 3, 1, 4, 5)[batch, tops, lefts]
 
 
 class RandomResizedCrop(BatchOperation):
     """torchvision's ``RandomResizedCrop(data.crop_size)`` of each square on its own: a box of
     ``scale`` of the area (8-100 %) and aspect ratio ``ratio`` (3/4-4/3), resized with
     antialiasing, as the seed article trained. Boxes are drawn by torchvision's own
-    ``get_params``, image by image."""
+    ``get_params``, image by image.
+
+    Resized per image, not batched: ``torchvision.ops.roi_align`` (one kernel for the batch)
+    has no antialiasing, so its pixels would differ from the seed article's, and on the CPU it
+    took 7x longer (350 against 52 ms for 128 crops of 256 -> 224 px, one thread);
+    ``bench/augment_cost.py`` measures this crop's cost."""
 
     def __init__(
         self, scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3)
@@ -142,7 +155,7 @@ class HorizontalFlip(BatchOperation):
         self.p = _probability(p, "p")
 
     def __call__(self, images: torch.Tensor, transform: BatchTransform) -> torch.Tensor:
-        flips = (torch.rand(len(images)) < self.p).to(images.device, non_blocking=True)
+        flips = on_device(torch.rand(len(images)) < self.p, images.device)
         return torch.where(flips[:, None, None, None], images.flip(-1), images)
 
 
@@ -171,7 +184,7 @@ class PCANoise(BatchOperation):
         stats = transform.statistics
         offset = pca_offsets(len(images), stats["eigvals"], stats["eigvecs"], self.std)
         offset = offset * offset_scale(transform.std, transform.input_scale)
-        return images + offset.to(images.device, images.dtype)[:, :, None, None]
+        return images + on_device(offset, images.device).to(images.dtype)[:, :, None, None]
 
 
 class Cutout(BatchOperation):
@@ -193,7 +206,7 @@ class Cutout(BatchOperation):
         inside_rows = (rows >= top[:, None]) & (rows < top[:, None] + self.size)
         inside_cols = (cols >= left[:, None]) & (cols < left[:, None] + self.size)
         square = inside_rows[:, None, :, None] & inside_cols[:, None, None, :]
-        return images.masked_fill(square.to(images.device, non_blocking=True), 0)
+        return images.masked_fill(on_device(square, images.device), 0)
 
 
 class PerImage(BatchOperation):

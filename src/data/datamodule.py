@@ -32,7 +32,6 @@ from typing import Any, ClassVar
 
 import torch
 from lightning import LightningDataModule
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -45,6 +44,7 @@ from src.data.loader import EpochShuffle, make_loader
 from src.data.statistics import KEYS, training_statistics
 from src.utils import ConfigError, UserError
 from src.utils.io import atomic_write
+from src.utils.lightning_compat import epochs_done, unrepeated_sampler
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +329,7 @@ class ImageDataModule(LightningDataModule):
         trainer = self.trainer
         if trainer is None:
             return self.loader(train, sampler=EpochShuffle(train, self.seed))
-        epoch = trainer.fit_loop.epoch_progress.current.processed
+        epoch = epochs_done(trainer)
         order = EpochShuffle(train, self.seed, epoch, trainer.world_size, trainer.global_rank)
         return self.loader(train, sampler=order)
 
@@ -355,12 +355,7 @@ class ImageDataModule(LightningDataModule):
         }
         if trainer is None or trainer.world_size == 1:
             return self.loader(self.datasets[split], **fixed)
-        sampler = UnrepeatedDistributedSampler(
-            self.datasets[split],
-            num_replicas=trainer.world_size,
-            rank=trainer.global_rank,
-            shuffle=False,
-        )
+        sampler = unrepeated_sampler(self.datasets[split], trainer.world_size, trainer.global_rank)
         return self.loader(self.datasets[split], sampler=sampler, **fixed)
 
     def val_dataloader(self) -> StatefulDataLoader:

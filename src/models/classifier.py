@@ -2,27 +2,34 @@
 
 import logging
 import math
+import os
+import shutil
+import sysconfig
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from hydra.utils import instantiate
 from lightning import LightningModule
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import MaxMetric
 
-from src.checkpoints import set_random_states, stamp
+from src.checkpoints import stamp
 from src.data.batch_transform import CENTRE_CROP
-from src.models.nets import build_net, trainable_modules
+from src.models.metrics import Divergence, stage_metrics, tencrop_metrics
+from src.models.nets import build_net, freeze_modules, lr_groups
 from src.models.pretrained import (
     check_torchvision_layout,
     load_torchvision_alexnet,
     read_torchvision_state_dict,
 )
 from src.utils import ConfigError, UserError
+from src.utils.lightning_compat import trainer_of
+from src.utils.randomness import seed_process, set_random_states
 
 STAGES = ("train", "val", "test")
 log = logging.getLogger(__name__)
@@ -45,42 +52,31 @@ def check_optimizer(optimizer: Callable[..., torch.optim.Optimizer] | None) -> N
             raise ConfigError(f"model.optimizer.{key}={value!r} must be a finite number {bound}")
 
 
-def check_module_names(key: str, names: Sequence[str], net: nn.Module) -> None:
-    valid = trainable_modules(net)
-    unknown = [n for n in names if n not in valid]
-    if unknown:
-        raise ConfigError(f"model.{key} names no such module: {unknown}; valid names: {valid}")
+def compile_backend(compile: bool | str) -> str:
+    """``model.compile``: true is torch's default backend, a name that backend."""
+    return "inductor" if compile is True else str(compile)
 
 
-def freeze_modules(net: nn.Module, names: Sequence[str]) -> None:
-    """Frozen parameters get no gradient and stay out of the optimizer, so neither weight decay
-    nor momentum moves them."""
-    check_module_names("freeze", names, net)
-    for name in names:
-        net.get_submodule(name).requires_grad_(False)
-    if not any(p.requires_grad for p in net.parameters()):
-        raise ConfigError(f"model.freeze={list(names)} freezes every parameter: nothing to train")
+def check_compile(compile: bool | str) -> None:
+    """Before any work: ``model.compile`` names a backend torch has, and the default one finds
+    what it builds with (a C compiler and Python's headers), which minimal GPU images lack."""
+    if compile is False or compile is None:
+        return
+    if not isinstance(compile, bool | str):
+        raise ConfigError(f"model.compile={compile!r} must be true, false or a backend's name")
+    import torch._dynamo  # the backends' list; loaded only where a run compiles
 
-
-def lr_groups(net: nn.Module, lr_mult: Mapping[str, float]) -> dict[str, list[str]]:
-    """The trainable parameters' names by the ``lr_mult`` entry that covers them (the most
-    specific one: ``classifier.fc8`` before ``classifier``), ``""`` for those at the base rate."""
-    check_module_names("lr_mult", list(lr_mult), net)
-    for name, mult in lr_mult.items():
-        if isinstance(mult, bool) or not isinstance(mult, int | float) or not 0 < mult < math.inf:
-            raise ConfigError(
-                f"model.lr_mult.{name}={mult!r} must be a finite number above 0 (to keep a "
-                "module as it is, put it in model.freeze)"
-            )
-    groups: dict[str, list[str]] = {"": [], **{name: [] for name in lr_mult}}
-    for pname, p in net.named_parameters():
-        if p.requires_grad:
-            owners = [n for n in lr_mult if pname.startswith(f"{n}.")]
-            groups[max(owners, key=len, default="")].append(pname)
-    frozen = [name for name, params in groups.items() if name and not params]
-    if frozen:
-        raise ConfigError(f"model.lr_mult names modules that model.freeze freezes: {frozen}")
-    return groups
+    backend = compile_backend(compile)
+    if backend not in torch._dynamo.list_backends(exclude_tags=()):
+        known = torch._dynamo.list_backends(exclude_tags=())
+        raise ConfigError(f"model.compile={compile!r} is not one of torch's backends {known}")
+    headers = Path(sysconfig.get_paths()["include"], "Python.h").is_file()
+    compiler = any(shutil.which(c) for c in (os.environ.get("CC"), "gcc", "cc", "clang") if c)
+    if backend == "inductor" and not (headers and compiler):
+        raise ConfigError(
+            "torch.compile needs gcc and Python headers: install them (e.g. apt install gcc "
+            "python3-dev) or set model.compile=false"
+        )
 
 
 class ImageClassifier(LightningModule):
@@ -111,7 +107,7 @@ class ImageClassifier(LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         scheduler_monitor: str = "val/loss",
         max_lr_drops: int | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         channels_last: bool = False,
         pretrained: str | None = None,
         freeze: Sequence[str] = (),
@@ -126,6 +122,8 @@ class ImageClassifier(LightningModule):
         check_optimizer(self.optimizer_factory)
         if pretrained is not None:
             check_torchvision_layout(net)
+        check_compile(compile)
+        self.compiled = False
         self.class_names = list(class_names)
         self.net: nn.Module = build_net(net, len(self.class_names))
         freeze_modules(self.net, self.hparams.freeze)
@@ -141,27 +139,13 @@ class ImageClassifier(LightningModule):
         self.scheduler_factory = instantiate(scheduler) if scheduler else None
         n = len(self.class_names)
         for stage in STAGES:
-            metrics = MetricCollection(
-                {
-                    "loss": MeanMetric(),
-                    "acc": MulticlassAccuracy(n, average="micro"),
-                    "acc_top5": MulticlassAccuracy(n, top_k=min(5, n), average="micro"),
-                },
-                compute_groups=False,
-            )
-            setattr(self, f"{stage}_metrics", metrics)
+            setattr(self, f"{stage}_metrics", stage_metrics(n))
         # saved in checkpoints: a run stopped mid-epoch resumes the epoch's running totals
         self.train_metrics.persistent(True)
         # Ten-crop testing (section 4.1): logged beside the centre crop's metrics of the same pass.
         for stage in STAGES[1:]:
-            tencrop = MetricCollection(
-                {
-                    "acc_tencrop": MulticlassAccuracy(n, average="micro"),
-                    "acc_top5_tencrop": MulticlassAccuracy(n, top_k=min(5, n), average="micro"),
-                },
-                compute_groups=False,
-            )
-            setattr(self, f"{stage}_tencrop_metrics", tencrop)
+            setattr(self, f"{stage}_tencrop_metrics", tencrop_metrics(n))
+        self.divergence = Divergence()
         # saved in checkpoints, so a resumed run's best covers the epochs before the interruption
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)
@@ -180,12 +164,17 @@ class ImageClassifier(LightningModule):
     def configure_model(self) -> None:
         if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)
-        if self.hparams.compile:
+        if self.hparams.compile and not self.compiled:
             # In place: unlike torch.compile(net), the state_dict keys keep their names (no
             # "_orig_mod." prefix), so checkpoints load into an uncompiled network.
-            self.net.compile()
+            self.net.compile(backend=compile_backend(self.hparams.compile))
+            self.compiled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled:
+            # one graph for every batch size (the last, partial batch, ten crops): a run
+            # compiles a training and an evaluation graph, not one per size
+            torch._dynamo.maybe_mark_dynamic(x, 0)
         return self.net(x)
 
     def _net_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -194,7 +183,11 @@ class ImageClassifier(LightningModule):
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+    def _step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], stage: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss, and the logits of the centre crop, of one batch; the stage's metrics
+        updated on the device."""
         x, y = batch
         if x.ndim == 5:
             # Ten crops per image (paper, section 4.1): the softmax averaged over the crops is
@@ -212,7 +205,7 @@ class ImageClassifier(LightningModule):
         metrics["loss"].update(loss.detach(), weight=y.numel())
         metrics["acc"].update(logits.detach(), y)
         metrics["acc_top5"].update(logits.detach(), y)
-        return loss
+        return loss, logits.detach()
 
     def _log_epoch(self, stage: str) -> dict[str, torch.Tensor]:
         metrics = getattr(self, f"{stage}_metrics")
@@ -226,25 +219,45 @@ class ImageClassifier(LightningModule):
         self.log_dict(values, sync_dist=True)
         return values
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
-        loss = self._step(batch, "train")
-        # One device sync per step: stops a diverged run at once, before it writes a checkpoint.
-        if not torch.isfinite(loss):
-            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-            raise DivergedError(
-                f"Training diverged: the loss is {loss.item()} at epoch {self.current_epoch}, "
-                f"step {self.global_step}. The usual cause is a learning rate too high for this "
-                f"network and input scale (now {lr:g}); lower model.optimizer.lr."
-            )
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        loss, _ = self._step(batch, "train")
+        # on the device; read at the log interval, before validation and at the epoch's end,
+        # always before a checkpoint is written (check_finite)
+        self.divergence.update(loss, self.global_step)
+        trainer = trainer_of(self)  # None where a step is taken by hand, without a Trainer
+        if trainer is not None and (batch_idx + 1) % trainer.log_every_n_steps == 0:
+            self.check_finite()
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
-        self._step(batch, "val")
+    def check_finite(self) -> None:
+        """Stop, on every process at once, where the training loss stopped being finite."""
+        strategy = self.trainer.strategy
+        found = self.divergence.first(strategy.reduce if self.trainer.world_size > 1 else None)
+        if found is None:
+            return
+        step, loss = found
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        raise DivergedError(
+            f"Training diverged: the loss is {loss} at epoch {self.current_epoch}, step {step}. "
+            "The usual cause is a learning rate too high for this network and input scale (now "
+            f"{lr:g}); lower model.optimizer.lr."
+        )
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
-        self._step(batch, "test")
+    def on_validation_epoch_start(self) -> None:
+        if self.trainer.state.fn == TrainerFn.FITTING:  # before validation and its checkpoint
+            self.check_finite()
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
+        """The logits, which callbacks read (the confusion matrix) without a pass of their own."""
+        return self._step(batch, "val")[1]
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
+        return self._step(batch, "test")[1]
 
     def on_train_epoch_end(self) -> None:
+        self.check_finite()
         self._log_epoch("train")
         self._step_scheduler()
 
@@ -301,13 +314,21 @@ class ImageClassifier(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Applied later: the scheduler does not exist yet, and the sanity check would draw.
-        self._resumed = {
-            k: checkpoint[k] for k in ("random_states", "lr_scheduler") if k in checkpoint
-        }
+        keys = ("random_states", "random_states_of_ranks", "lr_scheduler")
+        self._resumed = {k: checkpoint[k] for k in keys if k in checkpoint}
+
+    def on_fit_start(self) -> None:
+        seed_process(self.global_rank)  # each process its own stream of draws under DDP
 
     def on_train_start(self) -> None:
-        if "random_states" in self._resumed:
-            set_random_states(self._resumed.pop("random_states"))
+        """A resumed process takes back its own generators; one that did not exist then (more
+        devices now) keeps the stream its rank gives it."""
+        rank = self.global_rank
+        of_ranks = self._resumed.pop("random_states_of_ranks", None) or []
+        states = self._resumed.pop("random_states", None)
+        own = of_ranks[rank] if rank < len(of_ranks) else states if rank == 0 else None
+        if own is not None:
+            set_random_states(own)
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:

@@ -9,7 +9,8 @@ method gets it called when a run starts from scratch, never when a checkpoint is
 checkpoint never needs the weights file.
 """
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -99,6 +100,44 @@ def check_input_size(net: nn.Module, net_config: Mapping[str, Any], crop_size: i
 def trainable_modules(net: nn.Module) -> list[str]:
     """The names ``model.freeze`` and ``model.lr_mult`` accept: every module with parameters."""
     return [name for name, m in net.named_modules() if name and any(True for _ in m.parameters())]
+
+
+def check_module_names(key: str, names: Sequence[str], net: nn.Module) -> None:
+    valid = trainable_modules(net)
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise ConfigError(f"model.{key} names no such module: {unknown}; valid names: {valid}")
+
+
+def freeze_modules(net: nn.Module, names: Sequence[str]) -> None:
+    """Frozen parameters get no gradient and stay out of the optimizer, so neither weight decay
+    nor momentum moves them."""
+    check_module_names("freeze", names, net)
+    for name in names:
+        net.get_submodule(name).requires_grad_(False)
+    if not any(p.requires_grad for p in net.parameters()):
+        raise ConfigError(f"model.freeze={list(names)} freezes every parameter: nothing to train")
+
+
+def lr_groups(net: nn.Module, lr_mult: Mapping[str, float]) -> dict[str, list[str]]:
+    """The trainable parameters' names by the ``lr_mult`` entry that covers them (the most
+    specific one: ``classifier.fc8`` before ``classifier``), ``""`` for those at the base rate."""
+    check_module_names("lr_mult", list(lr_mult), net)
+    for name, mult in lr_mult.items():
+        if isinstance(mult, bool) or not isinstance(mult, int | float) or not 0 < mult < math.inf:
+            raise ConfigError(
+                f"model.lr_mult.{name}={mult!r} must be a finite number above 0 (to keep a "
+                "module as it is, put it in model.freeze)"
+            )
+    groups: dict[str, list[str]] = {"": [], **{name: [] for name in lr_mult}}
+    for pname, p in net.named_parameters():
+        if p.requires_grad:
+            owners = [n for n in lr_mult if pname.startswith(f"{n}.")]
+            groups[max(owners, key=len, default="")].append(pname)
+    frozen = [name for name, params in groups.items() if name and not params]
+    if frozen:
+        raise ConfigError(f"model.lr_mult names modules that model.freeze freezes: {frozen}")
+    return groups
 
 
 def first_conv(net: nn.Module) -> nn.Conv2d | None:

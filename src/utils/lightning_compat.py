@@ -2,10 +2,13 @@
 upgrade that moves one fails here, by name (``tests/test_lightning_compat.py`` calls each
 against the installed Lightning), not deep inside a run. Each says why it is needed."""
 
+import logging
 from typing import Any
 
-from lightning import Trainer
+from lightning import LightningModule, Trainer
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+from torch.utils.data import Dataset
 
 
 def relaunches_command_line(trainer: Trainer) -> bool:
@@ -23,3 +26,54 @@ def batches_done(checkpoint: dict[str, Any]) -> int:
     state Lightning saves (``loops.fit_loop``), which it documents nowhere."""
     progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
     return progress["current"]["completed"] if progress else 0
+
+
+def batches_in_epoch(trainer: Trainer) -> int:
+    """The batches of the current epoch done so far; Lightning keeps the count in its loops'
+    progress, which it documents nowhere."""
+    return trainer.fit_loop.epoch_loop.batch_progress.current.completed
+
+
+def epochs_done(trainer: Trainer) -> int:
+    """The epochs finished, which the loader's order needs before Lightning sets the epoch (its
+    first iterator is made earlier): the fit loop's progress, documented nowhere."""
+    return trainer.fit_loop.epoch_progress.current.processed
+
+
+def unrepeated_sampler(
+    dataset: Dataset, world_size: int, rank: int
+) -> UnrepeatedDistributedSampler:
+    """Each process's share of an evaluation split, every image once: PyTorch's distributed
+    sampler pads the shares with repeated images, which biases val/acc. Lightning's sampler
+    that does not pad lives in ``lightning.pytorch.overrides``, not in its public API."""
+    return UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+
+
+def one_console_for_lightning() -> None:
+    """Lightning's package logger prints to a console handler of its own, whatever else is set
+    up: under Hydra, whose handlers print and file every record, each of Lightning's lines would
+    print twice. Where the root logger has handlers, Lightning's records go to them alone (so
+    the run's log file holds them too)."""
+    if not logging.getLogger().handlers:
+        return
+    package = logging.getLogger("lightning")
+    for handler in list(package.handlers):
+        if type(handler) is logging.StreamHandler:
+            package.removeHandler(handler)
+
+
+def trainer_of(module: LightningModule) -> Trainer | None:
+    """The trainer a module is attached to, or None: Lightning's ``trainer`` property raises
+    where there is none, and only its private ``_trainer`` says so quietly."""
+    return module._trainer
+
+
+def every_process(value: Any, world_size: int) -> list[Any]:
+    """``value`` of every process of a distributed run, in rank order (a collective call: every
+    process calls it at the same point, as Lightning saves checkpoints). Lightning's strategies
+    gather tensors only; this is torch.distributed's own for any picklable value."""
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
