@@ -4,12 +4,13 @@ BIN := $(VENV)/bin
 MLFLOW_UI := .venv-mlflow
 PYTHON ?= python3
 
-.PHONY: install train test tensorboard mlflow lint format bench soak clean
+.PHONY: install constraints train test test-all coverage tensorboard mlflow lint format bench soak clean
 
-$(BIN)/.installed: pyproject.toml
+# the versions CI installs and tests (constraints.txt); make constraints regenerates the file
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --progress-bar off -e '.[dev]'
+	$(BIN)/pip install --quiet --progress-bar off -c constraints.txt -e '.[dev]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -18,8 +19,19 @@ install: $(BIN)/.installed
 train: install
 	$(BIN)/python -m src.train $(ARGS)
 
+## the fast tier, after every change: the tests that start no process (docs/testing.md)
 test: install
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+## every test, those that start processes too (command lines, signals, launchers, DDP,
+## notebooks): what CI runs
+test-all: install
 	$(BIN)/python -m pytest $(ARGS)
+
+## the fast tier's line coverage of src/, module by module (ARGS="-m ''" for every test, the
+## processes they start included)
+coverage: install
+	$(BIN)/python -m pytest -m "not slow" --cov --cov-report=term-missing:skip-covered $(ARGS)
 
 tensorboard: install
 	$(BIN)/tensorboard --logdir logs
@@ -46,6 +58,18 @@ bench: install
 ## (writes bench/soak.md; ARGS="--images N --epochs N" for a smaller run)
 soak: install
 	$(BIN)/python -m bench.soak $(ARGS)
+
+## constraints.txt anew: the newest versions pyproject.toml allows, installed into a fresh venv
+## and frozen (then run make test-all, and commit the file if it passes)
+constraints:
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/pip install --quiet --upgrade pip
+	.venv-constraints/bin/pip install --quiet --progress-bar off -e '.[dev]'
+	{ echo "# The versions CI installs and tests: make install uses them, make constraints"; \
+	  echo "# regenerates this file (docs/testing.md#versions)."; \
+	  .venv-constraints/bin/pip freeze --exclude-editable; } > constraints.txt
+	rm -rf .venv-constraints
 
 lint: install
 	$(BIN)/ruff check .

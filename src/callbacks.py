@@ -32,7 +32,7 @@ from src.experiments.figures import (
 from src.models.nets import first_conv, towers
 from src.trackers import image_loggers, log_image
 from src.utils import ConfigError, UserError, flatten
-from src.utils.lightning_compat import batches_in_epoch
+from src.utils.lightning_compat import batches_in_epoch, write_tensorboard_summary
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ class HyperparametersWithMetrics(Callback):
             and not k.endswith(("._convert_", "._partial_", "._recursive_"))
         }
         _, session_start, _ = hparams(params, {})
-        logger.experiment.file_writer.add_summary(session_start)
+        write_tensorboard_summary(logger, session_start)
 
 
 class StepClock(Callback):

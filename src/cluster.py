@@ -21,6 +21,7 @@ from typing import Any
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from src.utils import ConfigError, slurm_job
+from src.utils.lightning_compat import lightning_sigterm_handler
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,8 @@ class StopSignals:
             self.received, self.received_at = signum, time.perf_counter()
             log.warning("Received %s: stopping after this step", signal.Signals(signum).name)
         self.requeue_slurm |= signum == signal.SIGUSR1 and self.submitit_handler is None
-        lightning = signal.getsignal(signal.SIGTERM)
-        if lightning == self._stop:
+        lightning = lightning_sigterm_handler()
+        if lightning is None:
             # Not fitting: nothing to save; stop now, unless already stopping (SLURM follows
             # its requeue with SIGTERM, which must not break off the exit).
             if first:

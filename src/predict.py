@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
 log = logging.getLogger(__name__)
+# the data keys a prediction may set: how its images load; the rest is the checkpoint's
+DATA_KEYS = ("batch_size", "num_workers")
 
 
 class Inputs:
@@ -345,5 +347,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     refuse_renamed()
-    refuse_data_keys(allowed=("batch_size", "num_workers"))
+    refuse_data_keys(allowed=DATA_KEYS)
     main()

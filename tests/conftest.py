@@ -1,6 +1,11 @@
-"""What every test shares: the command-line runner, Hydra composition and one set of tiny
-overrides, so each test says only what is particular to it."""
+"""What every test shares: the command-line runner, Hydra composition, one set of tiny
+overrides and the tiny trained checkpoints, so each test says only what is particular to it.
 
+Two tiers: ``make test`` runs the tests that start no process, ``make test-all`` adds those
+marked ``slow`` (command lines, DDP, notebooks, servers). An unmarked test that starts one fails
+here, naming itself."""
+
+import multiprocessing.context
 import os
 import subprocess
 import sys
@@ -80,6 +85,39 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+def refuse_processes(test: str, popen: Callable[..., None]) -> Callable[..., None]:
+    """Popen's constructor for a fast test: ``git`` alone may run (the trackers' commit tag, a
+    few milliseconds); anything else fails the test, naming it."""
+
+    def refused(self: subprocess.Popen, args: object, *more: object, **kwargs: object) -> None:
+        if isinstance(args, list | tuple) and args and args[0] == "git":
+            return popen(self, args, *more, **kwargs)
+        raise AssertionError(
+            f"{test} starts a process ({args!r}): mark it @pytest.mark.slow, the tier of tests "
+            "that start processes (make test-all), or do the work in this process"
+        )
+
+    return refused
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    """The fast tier starts no process (loader workers, forked, excepted), in its fixtures too."""
+    if item.get_closest_marker("slow") is not None:
+        return (yield)
+    popen, spawn = subprocess.Popen.__init__, multiprocessing.context.SpawnProcess._Popen
+    subprocess.Popen.__init__ = refuse_processes(item.nodeid, popen)
+    # torch's spawned processes (ddp_spawn) start through multiprocessing, not Popen
+    multiprocessing.context.SpawnProcess._Popen = staticmethod(
+        lambda process: refuse_processes(item.nodeid, popen)(None, [process.name])
+    )
+    try:
+        return (yield)
+    finally:
+        subprocess.Popen.__init__ = popen
+        multiprocessing.context.SpawnProcess._Popen = spawn
+
+
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A micrograph tree: 2 train, 1 val, 1 test image per class, 72 px."""
@@ -97,6 +135,10 @@ def quick_overrides(log_dir: Path) -> list[str]:
         "callbacks.model_summary=null",
         f"paths.log_dir={log_dir}",
     ]
+
+
+# a run that needs epochs, not images: two training batches and one validation batch an epoch
+FEW_STEPS = ["+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"]
 
 
 def micrograph_overrides(root: Path) -> list[str]:
@@ -130,3 +172,56 @@ def train_config(tiny_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
         return compose_config(name, [*tiny, *overrides], tmp_path / f"run{next(runs)}")
 
     return make
+
+
+TRAINED = {
+    "alexnet_half": ["model=alexnet_half"],
+    "cnn4_mean_image": ["model=cnn4", "model.net.init=default", "data.input_scale=mean_image"],
+}
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``trained(KIND)``: ``last.ckpt`` of a tiny model of that kind (``TRAINED``), trained for
+    two epochs on the tiny tree once per test run, on first use. The file is read-only: a test
+    that changes it works on a copy."""
+    from src.train import train
+
+    made: dict[str, Path] = {}
+
+    def checkpoint(kind: str) -> Path:
+        if kind not in made:
+            run = tmp_path_factory.mktemp(f"trained-{kind}")
+            overrides = micrograph_overrides(tiny_root) + quick_overrides(run / "logs")
+            overrides += [*TRAINED[kind], "trainer.max_epochs=2", "test=false"]
+            train(compose_config("train", overrides, run / "run"))
+            made[kind] = run / "run" / "checkpoints" / "last.ckpt"
+            made[kind].chmod(0o444)
+        return made[kind]
+
+    return checkpoint
+
+
+@pytest.fixture(scope="session")
+def resume_args(tiny_root: Path) -> list[str]:
+    """The runs that are stopped and continued: two epochs of 7 steps (batch 4), deterministic,
+    no test pass."""
+    tiny = micrograph_overrides(tiny_root) + quick_overrides(Path("logs"))
+    tiny = [o for o in tiny if not o.startswith(("data.batch_size", "data.num_workers"))]
+    return [*tiny, "data.batch_size=4", "trainer.max_epochs=2", "trainer.deterministic=true",
+            "test=false", "seed=3"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(resume_args: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder of ``resume_args`` run through, once per test run: what every stopped and
+    continued run must end with, bit for bit, in this process or from the command line."""
+    import torch
+
+    from src.train import train
+
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    train(compose_config("train", [*resume_args, "data.num_workers=0"], run_dir))
+    torch.use_deterministic_algorithms(deterministic)  # as the run found it, for other tests
+    return run_dir

@@ -21,8 +21,6 @@ from tests.conftest import (
     scalars,
 )
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def odd_overrides(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
@@ -52,6 +50,7 @@ def ddp_run(odd_overrides: list[str], tmp_path_factory: pytest.TempPathFactory):
     return run, result.stdout
 
 
+@pytest.mark.slow
 def test_ddp_sim_writes_one_run_once(ddp_run):
     run, stdout = ddp_run
     assert stdout.count("best val/acc") == 1
@@ -63,6 +62,7 @@ def test_ddp_sim_writes_one_run_once(ddp_run):
     assert len(curves["train/acc"]) == 2 and len(curves["val/acc"]) == 2
 
 
+@pytest.mark.slow
 def test_ddp_sim_val_acc_equals_one_process(ddp_run, odd_overrides, tmp_path):
     """Every val image counted once over both processes: the numbers of one process. (The test
     loader is built the same way.)"""
@@ -80,6 +80,7 @@ def test_ddp_sim_val_acc_equals_one_process(ddp_run, odd_overrides, tmp_path):
     assert val["val/loss"] == pytest.approx(curves["val/loss"][-1], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_each_process_draws_its_own_and_a_resume_continues_each(ddp_run, odd_overrides, tmp_path):
     """Each process has its own generators (process 0 the run's seed), both saved; the run
     resumed from its first epoch's checkpoint ends with its own weights, bit for bit."""
@@ -108,6 +109,7 @@ class PoisonOneProcess(L.Callback):
                 next(pl_module.parameters()).fill_(float("nan"))
 
 
+@pytest.mark.slow
 def test_a_diverged_process_stops_every_process(odd_overrides, tmp_path):
     """The loss's finiteness is read at the checks, reduced over the processes: all stop there
     with the one message and no checkpoint (before: the diverged process raised alone, and under
@@ -129,6 +131,7 @@ def test_ddp_inside_a_multirun_is_refused(train_config):
         train(cfg)
 
 
+@pytest.mark.slow
 def test_ddp_command_line_relaunch_shares_one_run(tiny_overrides, tmp_path):
     """Outside a multirun, Lightning's ddp restarts the command for rank 1 in the same folder."""
     result = run_cli(

@@ -23,12 +23,12 @@ from src.data.images import image_files, load_square
 from src.export import export
 from src.utils import ConfigError, UserError
 from tests.conftest import compose, compose_config, micrograph_overrides
-from tests.test_predict import read_csv, run_predict, tiny_checkpoint
+from tests.test_predict import read_csv, run_predict
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, tiny_root) -> Path:
-    return tiny_checkpoint(tmp_path_factory, tiny_root)
+@pytest.fixture
+def ckpt(trained) -> Path:
+    return trained("cnn4_mean_image")
 
 
 def run_export(ckpt: Path, out: Path, *overrides: str) -> Path:
@@ -108,12 +108,38 @@ def test_onnxruntime_gives_pytorchs_logits_on_real_images(
     np.testing.assert_allclose(one, torch_logits[:1], rtol=0, atol=1e-4)
 
 
-def test_the_exported_script_needs_no_torch_and_agrees_with_predict(ckpt, tiny_root, tmp_path):
+def script_rows(out: Path, *args: str, monkeypatch: pytest.MonkeyPatch, capsys) -> list[dict]:
+    """classify.py's table for ARGS, run in this process as its command line runs it."""
+    monkeypatch.setattr(sys, "argv", ["classify.py", *args])
+    capsys.readouterr()
+    classify_module(out).main()
+    return list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+
+
+@pytest.mark.parametrize("ten_crop", [False, True])
+def test_the_exported_script_agrees_with_predict(
+    ckpt, tiny_root, tmp_path, ten_crop, monkeypatch, capsys
+):
     out = run_export(ckpt, tmp_path / "export")
     readme = (out / "README.md").read_text()
     assert "python classify.py" in readme and "onnxruntime" in readme
     assert (out / "classify.py").read_text().strip() in readme
-    # importing torch fails in the script's process
+    folder = tiny_root / "test"
+    args = [str(folder), "--batch-size", "5", *(["--ten-crop"] if ten_crop else [])]
+    script = script_rows(out, *args, monkeypatch=monkeypatch, capsys=capsys)
+    run_predict(ckpt, folder, tmp_path / "predict", f"ten_crop={ten_crop}")
+    predicted = read_csv(tmp_path / "predict" / "predictions.csv")
+    assert [r["path"] for r in script] == [r["path"] for r in predicted]
+    assert [r["class"] for r in script] == [r["class"] for r in predicted]
+    for mine, theirs in zip(script, predicted, strict=True):
+        assert float(mine["probability"]) == pytest.approx(float(theirs["probability"]), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_the_exported_script_runs_where_torch_is_not_installed(
+    ckpt, tiny_root, tmp_path, monkeypatch, capsys
+):
+    out = run_export(ckpt, tmp_path / "export")
     blocked = tmp_path / "no-torch"
     blocked.mkdir()
     for name in ("torch", "torchvision", "lightning"):
@@ -121,23 +147,12 @@ def test_the_exported_script_needs_no_torch_and_agrees_with_predict(ckpt, tiny_r
     env = {**os.environ, "PYTHONPATH": str(blocked)}
     check = [sys.executable, "-c", "import torch"]
     assert subprocess.run(check, env=env, capture_output=True, cwd=tmp_path).returncode != 0
-    folder = tiny_root / "test"
-    for ten_crop in (False, True):
-        args = [sys.executable, str(out / "classify.py"), str(folder), "--batch-size", "5"]
-        result = subprocess.run(
-            args + (["--ten-crop"] if ten_crop else []),
-            env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr[-3000:]
-        script = list(csv.DictReader(io.StringIO(result.stdout)))
-        run_predict(ckpt, folder, tmp_path / f"predict-{ten_crop}", f"ten_crop={ten_crop}")
-        predicted = read_csv(tmp_path / f"predict-{ten_crop}" / "predictions.csv")
-        assert [r["path"] for r in script] == [r["path"] for r in predicted]
-        assert [r["class"] for r in script] == [r["class"] for r in predicted]
-        for mine, theirs in zip(script, predicted, strict=True):
-            assert float(mine["probability"]) == pytest.approx(
-                float(theirs["probability"]), abs=1e-5
-            )
+    args = [str(tiny_root / "test"), "--batch-size", "5"]
+    result = subprocess.run([sys.executable, str(out / "classify.py"), *args], env=env,
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    alone = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert alone == script_rows(out, *args, monkeypatch=monkeypatch, capsys=capsys)
 
 
 def test_export_names_the_extra_it_needs_and_the_formats(ckpt, tmp_path, monkeypatch):

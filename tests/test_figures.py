@@ -1,16 +1,12 @@
 """The paper's Figure 4 from a checkpoint: ``python -m src.eval ckpt_path=... figures=true``."""
 
-from pathlib import Path
-
 import pytest
 import torch
-from hydra.utils import instantiate
 from PIL import Image
 
-from src.checkpoints import load_classifier
+from src.checkpoints import datamodule_from_checkpoint, load_classifier
 from src.eval import evaluate
 from src.experiments.figure4 import nearest_neighbours, predict_with_features
-from src.train import train
 from tests.conftest import compose_config
 
 
@@ -21,11 +17,11 @@ def test_nearest_neighbours_are_sorted_by_distance():
     assert nearest_neighbours(pool[:1], pool[:2], 6).shape == (1, 2)
 
 
-@pytest.mark.parametrize(("model", "feature_size"), [("cnn4", 64 * 4 * 4), ("alexnet_half", 2048)])
-def test_eval_writes_figure4(model, feature_size, train_config, tmp_path):
-    cfg = train_config(f"model={model}", "test=false", "callbacks.model_checkpoint=null")
-    train(cfg)
-    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+@pytest.mark.parametrize(
+    ("kind", "feature_size"), [("cnn4_mean_image", 64 * 4 * 4), ("alexnet_half", 2048)]
+)
+def test_eval_writes_figure4(kind, feature_size, trained, tmp_path):
+    ckpt = trained(kind)
     overrides = [f"ckpt_path={ckpt}", "figures=true", "trainer.accelerator=cpu"]
     evaluate(compose_config("eval", overrides, tmp_path / "eval"))
 
@@ -36,8 +32,8 @@ def test_eval_writes_figure4(model, feature_size, train_config, tmp_path):
             assert width <= png.size[0] < 3 * width and height <= png.size[1] < 3 * height
 
     # the features are the last Linear layer's input; each training image is its own neighbour
-    net, _ = load_classifier(ckpt)
-    datamodule = instantiate(cfg.data)
+    net, checkpoint = load_classifier(ckpt)
+    datamodule = datamodule_from_checkpoint(checkpoint, {})
     datamodule.setup("fit")
     train_images = datamodule.loader(datamodule.datasets["train"])
     outputs = predict_with_features(net, train_images, datamodule.transform)

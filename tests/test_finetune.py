@@ -24,7 +24,14 @@ from src.models.pretrained import (
 from src.predict import predict
 from src.train import train
 from src.utils import ConfigError, UserError
-from tests.conftest import ROOT, compose, compose_config, imagefolder_overrides, scalars
+from tests.conftest import (
+    FEW_STEPS,
+    ROOT,
+    compose,
+    compose_config,
+    imagefolder_overrides,
+    scalars,
+)
 
 CLASSES = [str(i) for i in range(14)]
 TV_BODY = [k for k in TORCHVISION_LAYERS if k != pretrained.HEAD]
@@ -174,7 +181,7 @@ def test_finetune_trains_resumes_and_predicts_without_the_file(
     tv_state, tv_file, tiny_root, train_config, tmp_path
 ):
     data = imagefolder_overrides(tiny_root, tmp_path / "cache")
-    overrides = ["experiment=finetune", f"model.pretrained={tv_file}", "test=false"]
+    overrides = ["experiment=finetune", f"model.pretrained={tv_file}", "test=false", *FEW_STEPS]
     cfg = train_config(*overrides, "callbacks.model_checkpoint=null", data=data)
     train(cfg)
     run = Path(cfg.paths.output_dir)
@@ -197,7 +204,8 @@ def test_finetune_trains_resumes_and_predicts_without_the_file(
     metrics = evaluate(compose_config("eval", [f"ckpt_path={ckpt}", "split=val"], run / "eval"))
     assert 0 <= metrics["val/acc"] <= 1
     # resumed with the same command line: the checkpoint's weights, the file not read
-    resumed = train_config(*overrides, f"ckpt_path={ckpt}", "trainer.max_epochs=2", data=data)
+    resumed = train_config(*overrides, f"ckpt_path={ckpt}", "trainer.max_epochs=2",
+                           "callbacks.model_checkpoint=null", data=data)  # fmt: skip
     train(resumed)
     # freeze decides the optimizer's groups, which the checkpoint restores: it may not change
     with pytest.raises(ConfigError, match=r"model.freeze=\[\]"):

@@ -22,7 +22,8 @@ ONE_STEP = [
         ["trainer.precision=bf16-mixed"],
         ["model.channels_last=true"],
         ["model.channels_last=true", "data.backend=pil"],
-        ["model=cnn4", "model.compile=true"],
+        # inductor builds its kernels with the C++ compiler, a process of its own
+        pytest.param(["model=cnn4", "model.compile=true"], marks=pytest.mark.slow),
         ["trainer.benchmark=true", "data.pin_memory=true"],
     ],
     ids=["bf16", "channels_last", "channels_last_pil", "compile", "benchmark_pin_memory"],

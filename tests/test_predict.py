@@ -16,26 +16,13 @@ from PIL import Image
 from src.checkpoints import datamodule_from_checkpoint, load_classifier
 from src.eval import evaluate
 from src.predict import predict
-from src.train import train
 from src.utils import ConfigError
-from tests.conftest import compose_config, micrograph_overrides, quick_overrides
+from tests.conftest import compose_config
 
 
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path) -> Path:
-    """A cnn4 trained for two epochs on the tiny tree, made once per session (shared with
-    tests/test_export.py through the session's temporary folder)."""
-    run = tmp_path_factory.getbasetemp() / "predict-checkpoint"
-    ckpt = run / "checkpoints" / "last.ckpt"
-    if not ckpt.is_file():
-        overrides = micrograph_overrides(tiny_root) + quick_overrides(run.parent / "predict-logs")
-        overrides += ["model=cnn4", "model.net.init=default", "trainer.max_epochs=2", "test=false"]
-        train(compose_config("train", overrides, run))
-    return ckpt
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, tiny_root) -> Path:
-    return tiny_checkpoint(tmp_path_factory, tiny_root)
+@pytest.fixture
+def ckpt(trained) -> Path:
+    return trained("cnn4_mean_image")
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

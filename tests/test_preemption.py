@@ -1,6 +1,7 @@
 """What a cluster does to a run, without a cluster: SLURM's requeue signal and its SIGTERM and
-SIGKILL, a plain SIGTERM, and submitit's own interruption. Each stopped run saves mid-epoch,
-exits non-zero, and its continuation ends with bit for bit the uninterrupted run's weights and
+SIGKILL, and submitit's own interruption, each to a command line (a plain SIGTERM, in the
+test's own process: tests/test_checkpoints.py). Each stopped run saves mid-epoch, exits
+non-zero, and its continuation ends with bit for bit the uninterrupted run's weights and
 metrics."""
 
 import os
@@ -17,13 +18,11 @@ from tests.conftest import (
     ROOT,
     compose,
     job_dirs,
-    micrograph_overrides,
-    quick_overrides,
     run_cli,
     scalars,
 )
 
-STOP_AT_STEP = 17  # of 14 per epoch: 3 batches into the second epoch
+STOP_AT_STEP = 10  # of 7 per epoch: 3 batches into the second epoch
 
 
 class SignalAtStep(Callback):
@@ -50,27 +49,11 @@ def signal_at(name: str, group: bool = True) -> list[str]:
     ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def args(tiny_root: Path) -> list[str]:
-    """Two epochs of 14 steps (batch 2), deterministic, no test pass."""
-    tiny = micrograph_overrides(tiny_root) + quick_overrides(Path("logs"))
-    tiny = [o for o in tiny if not o.startswith(("data.batch_size", "data.num_workers"))]
-    return [*tiny, "data.batch_size=2", "trainer.max_epochs=2", "trainer.deterministic=true",
-            "test=false", "seed=3"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(args: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("uninterrupted")
-    run_cli(*args, "data.num_workers=0", f"hydra.run.dir={run_dir}", cwd=run_dir)
-    return run_dir
-
-
 def assert_same_end(run_dir: Path, reference: Path) -> None:
     expected = load_checkpoint(reference / "checkpoints" / "last.ckpt")
     resumed = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert resumed["epoch"] == expected["epoch"] == 1
-    assert resumed["global_step"] == expected["global_step"] == 28
+    assert resumed["global_step"] == expected["global_step"] == 14
     for name, tensor in expected["state_dict"].items():
         assert torch.equal(resumed["state_dict"][name], tensor), name
     curves, resumed_curves = scalars(reference), scalars(run_dir)
@@ -109,11 +92,11 @@ def scontrol(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 @pytest.mark.slow
 def test_slurm_requeue_signal_saves_requeues_and_the_rerun_continues(
-    args, uninterrupted, scontrol, tmp_path
+    resume_args, uninterrupted, scontrol, tmp_path
 ):
     """pil backend with two loader workers, all signalled with the main process."""
     calls, slurm = scontrol
-    run = [*args, "data.backend=pil", "data.num_workers=2", *signal_at("SIGUSR1")]
+    run = [*resume_args, "data.backend=pil", "data.num_workers=2", *signal_at("SIGUSR1")]
     stopped = run_cli(*run, cwd=tmp_path, env=slurm, ok=False)
     assert stopped.returncode == 128 + signal.SIGUSR1, stopped.stderr[-3000:]
     assert calls.read_text().split() == ["requeue", "4242"]
@@ -129,34 +112,21 @@ def test_slurm_requeue_signal_saves_requeues_and_the_rerun_continues(
 
 
 @pytest.mark.slow
-def test_sigterm_saves_mid_epoch_exits_143_and_ckpt_path_last_resumes(
-    args, uninterrupted, tmp_path
+def test_submitit_interruption_requeues_the_job_into_its_own_folder(
+    resume_args, uninterrupted, tmp_path
 ):
-    """cache backend with two loader workers."""
-    run_dir = tmp_path / "run"
-    run = [*args, "data.backend=cache", "data.num_workers=2", f"hydra.run.dir={run_dir}"]
-    stopped = run_cli(*run, *signal_at("SIGTERM"), cwd=tmp_path, ok=False)
-    assert stopped.returncode == 143, stopped.stderr[-3000:]
-    assert_saved_mid_epoch(run_dir)
-
-    # the same folder again without ckpt_path: refused, nothing overwritten
-    refused = run_cli(*run, cwd=tmp_path, ok=False)
-    assert refused.returncode == 1 and "ckpt_path=last" in refused.stdout + refused.stderr
-    run_cli(*run, "ckpt_path=last", cwd=tmp_path)
-    assert_same_end(run_dir, uninterrupted)
-
-
-@pytest.mark.slow
-def test_submitit_interruption_requeues_the_job_into_its_own_folder(args, uninterrupted, tmp_path):
     """hydra/launcher=submitit_local; the job gets submitit's own signal (SIGUSR2), as
     ``LocalJob._interrupt`` sends it, and submitit restarts it."""
-    sweep = ["-m", *args, "data.num_workers=0", "hydra/launcher=submitit_local",
+    sweep = ["-m", *resume_args, "data.num_workers=0", "hydra/launcher=submitit_local",
              "hydra.launcher.timeout_min=10", *signal_at("SIGUSR2", group=False)]  # fmt: skip
     run_cli(*sweep, cwd=tmp_path)
     (job,) = job_dirs(tmp_path / "logs")
     log = (job / "train.log").read_text()
     assert f"step {STOP_AT_STEP}, batch 3 of the epoch" in log
     assert_same_end(job, uninterrupted)
+    # submitit's own log of the job holds the attempt that finished
+    logs = [p.read_text() for p in (job.parent / ".submitit").glob("*/*_0_log.out")]
+    assert any("best val/acc" in log for log in logs)
 
 
 def test_the_sbatch_example_composes_into_a_folder_named_after_the_job(monkeypatch):

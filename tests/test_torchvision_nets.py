@@ -15,7 +15,7 @@ from src.models.nets import check_input_size
 from src.models.torchvision_net import FAMILIES
 from src.train import train
 from src.utils import ConfigError, UserError
-from tests.conftest import compose, compose_config
+from tests.conftest import FEW_STEPS, compose, compose_config
 
 # one network of every supported family (module of torchvision.models), at the smallest crop
 # each runs on here
@@ -114,7 +114,7 @@ def test_weights_from_a_file_are_read_at_a_fresh_start_only(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("name", ["resnet18", "squeezenet1_1"])
 def test_a_torchvision_network_trains_and_exports(name, train_config, tmp_path):
-    cfg = train_config("model=torchvision", f"model.net.name={name}", "test=false")
+    cfg = train_config("model=torchvision", f"model.net.name={name}", "test=false", *FEW_STEPS)
     train(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     out = export(compose_config("export", [f"ckpt_path={ckpt}"], tmp_path / "export"))

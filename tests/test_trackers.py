@@ -5,6 +5,7 @@ that wandb 0.31 ships (it dropped ``wandb sync --view`` and its Python datastore
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,16 @@ def test_parallel_jobs_share_one_mlflow_experiment_and_wandb_group(sweep):
     assert "database is locked" not in result.stdout + result.stderr
     jobs = job_dirs(log_dir)
     sweep_name = jobs[0].parent.name
+    # every job its own run folder; microseconds in the sweep's name: two sweeps started in the
+    # same second never share a folder
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}", sweep_name)
+    assert (jobs[0].parent / "multirun.yaml").is_file() and [j.name for j in jobs] == ["0", "1"]
+    for seed, job in enumerate(jobs, start=1):
+        assert yaml.safe_load((job / ".hydra" / "config.yaml").read_text())["seed"] == seed
+        assert len(list((job / "tensorboard").glob("events.out.tfevents.*"))) == 1
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        assert len(list((job / "checkpoints").glob("epoch_*.ckpt"))) == 1
+        assert (job / "class_indices.json").is_file()
     ids = [json.loads((job / RUNS_FILE).read_text()) for job in jobs]
 
     client = mlflow_client(log_dir)

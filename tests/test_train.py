@@ -33,17 +33,18 @@ def test_fast_dev_run(train_config):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_root):
-    """Two epochs of training on the tiny tree, shared by the tests below."""
-    tmp = tmp_path_factory.mktemp("trained")
+def default_run(tmp_path_factory, tiny_root):
+    """Two epochs of the default run on the tiny tree, its test pass included, shared by the
+    tests below."""
+    tmp = tmp_path_factory.mktemp("default_run")
     overrides = micrograph_overrides(tiny_root) + quick_overrides(tmp / "logs")
     overrides.append("trainer.max_epochs=2")
     cfg = compose_config("train", overrides, tmp / "run")
     return cfg, train(cfg), overrides
 
 
-def test_training_logs_checkpoints_and_curves(trained):
-    cfg, metrics, _ = trained
+def test_training_logs_checkpoints_and_curves(default_run):
+    cfg, metrics, _ = default_run
     run = Path(cfg.paths.output_dir)
     names = {"train/loss", "train/acc", "train/error", "val/loss", "val/acc", "val/acc_top5"}
     names |= {"val/acc_best", "test/loss", "test/acc", "test/acc_top5"}
@@ -57,9 +58,9 @@ def test_training_logs_checkpoints_and_curves(trained):
     assert metrics["val/acc_best"] == pytest.approx(max(curves["val/acc"]))
 
 
-def test_eval_reproduces_the_test_accuracy_from_the_checkpoint_alone(trained, tmp_path):
+def test_eval_reproduces_the_test_accuracy_from_the_checkpoint_alone(default_run, tmp_path):
     """No data overrides: data module, root and preprocessing all come from the checkpoint."""
-    cfg, metrics, _ = trained
+    cfg, metrics, _ = default_run
     best = next((Path(cfg.paths.output_dir) / "checkpoints").glob("epoch_*.ckpt"))
     eval_cfg = compose_config("eval", [f"ckpt_path={best}", "trainer.accelerator=cpu"], tmp_path)
     results = evaluate(eval_cfg)
@@ -68,10 +69,10 @@ def test_eval_reproduces_the_test_accuracy_from_the_checkpoint_alone(trained, tm
 
 
 @pytest.mark.parametrize("backend", ["cache", "pil"])
-def test_eval_ten_crop_scores_both_ways_in_one_pass(trained, tmp_path, backend, caplog):
+def test_eval_ten_crop_scores_both_ways_in_one_pass(default_run, tmp_path, backend, caplog):
     """ten_crop=true adds the ten crops' accuracies beside the centre crop's metrics, which stay
     those of a centre-crop evaluation, on the test split and (split=val) the validation split."""
-    cfg, _, _ = trained
+    cfg, _, _ = default_run
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     runs = iter(range(10))
 
@@ -95,8 +96,8 @@ def test_eval_ten_crop_scores_both_ways_in_one_pass(trained, tmp_path, backend, 
         run("ten_crop=often")
 
 
-def test_resume_continues_at_the_next_epoch(trained, train_config, caplog):
-    cfg, _, _ = trained
+def test_resume_continues_at_the_next_epoch(default_run, train_config, caplog):
+    cfg, _, _ = default_run
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     before = torch.load(last, weights_only=False)
     resumed = train_config(f"ckpt_path={last}", "trainer.max_epochs=3", "test=false")
@@ -112,8 +113,8 @@ def test_resume_continues_at_the_next_epoch(trained, train_config, caplog):
     assert len(scalars(Path(resumed.paths.output_dir))["train/acc"]) == 1
 
 
-def test_predict_logs_top5_and_saves_the_picture(trained, tiny_root, tmp_path, caplog):
-    cfg, _, _ = trained
+def test_predict_logs_top5_and_saves_the_picture(default_run, tiny_root, tmp_path, caplog):
+    cfg, _, _ = default_run
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     image = next((tiny_root / "val" / "8.0").iterdir())
     pcfg = compose_config("predict", [f"ckpt_path={ckpt}", f"image={image}"], tmp_path)
@@ -140,8 +141,10 @@ def test_predict_logs_top5_and_saves_the_picture(trained, tiny_root, tmp_path, c
     assert json.loads((tmp_path / "predictions.json").read_text())[0]["path"] == image.name
 
 
-def test_predict_ten_crop_averages_the_softmax_over_ten_crops(trained, tiny_root, tmp_path, caplog):
-    cfg, _, _ = trained
+def test_predict_ten_crop_averages_the_softmax_over_ten_crops(
+    default_run, tiny_root, tmp_path, caplog
+):
+    cfg, _, _ = default_run
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     image = next((tiny_root / "val" / "8.0").iterdir())
     caplog.set_level(logging.INFO, logger="src.predict")

@@ -30,6 +30,10 @@ class EpochShuffle(DistributedSampler):
     of it with workers, and again when it restores a position, so the order would depend on the
     number of workers and on whether the run was resumed. The position within the epoch is the
     iterator's state, which StatefulDataLoader saves and restores.
+
+    Kept rather than torchdata's ``StatefulDistributedSampler``, which also resumes mid-epoch:
+    that one permutes with torch's generator, this one with numpy's (``epoch_order``), and
+    this order is the one every published number was trained with.
     """
 
     def __init__(

@@ -3,11 +3,15 @@ upgrade that moves one fails here, by name (``tests/test_lightning_compat.py`` c
 against the installed Lightning), not deep inside a run. Each says why it is needed."""
 
 import logging
+import signal
+from collections.abc import Callable
 from typing import Any
 
 from lightning import LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+from lightning.pytorch.trainer.connectors.signal_connector import _HandlersCompose
 from torch.utils.data import Dataset
 
 
@@ -25,7 +29,9 @@ def batches_done(checkpoint: dict[str, Any]) -> int:
     """How far into its epoch a checkpoint was written (0 at an epoch's end), read from the loop
     state Lightning saves (``loops.fit_loop``), which it documents nowhere."""
     progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
-    return progress["current"]["completed"] if progress else 0
+    if not progress or progress.get("is_last_batch"):  # an epoch's end counts all its batches
+        return 0
+    return progress["current"]["completed"]
 
 
 def batches_in_epoch(trainer: Trainer) -> int:
@@ -77,3 +83,19 @@ def every_process(value: Any, world_size: int) -> list[Any]:
     gathered: list[Any] = [None] * world_size
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def lightning_sigterm_handler() -> Callable[..., Any] | None:
+    """The SIGTERM handler Lightning installs while fitting, or None outside fit. Calling it
+    makes the trainer stop after the current step (on every process of a DDP run) and raise
+    ``SIGTERMException``: the only way into that path, which Lightning's signal connector keeps
+    private. It also calls the handler it replaced."""
+    handler = signal.getsignal(signal.SIGTERM)
+    return handler if isinstance(handler, _HandlersCompose) else None
+
+
+def write_tensorboard_summary(logger: TensorBoardLogger, summary: Any) -> None:
+    """Writes a ready-made summary protocol buffer (the hparams plugin's session start) into the
+    run's event file: the logger's ``SummaryWriter`` takes only values to summarise itself, its
+    ``file_writer`` (undocumented) takes a summary as it is."""
+    logger.experiment.file_writer.add_summary(summary)
