@@ -85,6 +85,13 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+def started_a_process(test: str, command: object) -> AssertionError:
+    return AssertionError(
+        f"{test} starts a process ({command!r}): mark it @pytest.mark.slow, the tier of tests "
+        "that start processes (make test-all), or do the work in this process"
+    )
+
+
 def refuse_processes(test: str, popen: Callable[..., None]) -> Callable[..., None]:
     """Popen's constructor for a fast test: ``git`` alone may run (the trackers' commit tag, a
     few milliseconds); anything else fails the test, naming it."""
@@ -92,12 +99,18 @@ def refuse_processes(test: str, popen: Callable[..., None]) -> Callable[..., Non
     def refused(self: subprocess.Popen, args: object, *more: object, **kwargs: object) -> None:
         if isinstance(args, list | tuple) and args and args[0] == "git":
             return popen(self, args, *more, **kwargs)
-        raise AssertionError(
-            f"{test} starts a process ({args!r}): mark it @pytest.mark.slow, the tier of tests "
-            "that start processes (make test-all), or do the work in this process"
-        )
+        raise started_a_process(test, args)
 
     return refused
+
+
+def refuse_spawning(test: str) -> staticmethod:
+    """multiprocessing's start of a spawned process (torch's ddp_spawn), refused likewise."""
+
+    def refused(process: multiprocessing.context.SpawnProcess) -> None:
+        raise started_a_process(test, [process.name])
+
+    return staticmethod(refused)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -107,10 +120,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         return (yield)
     popen, spawn = subprocess.Popen.__init__, multiprocessing.context.SpawnProcess._Popen
     subprocess.Popen.__init__ = refuse_processes(item.nodeid, popen)
-    # torch's spawned processes (ddp_spawn) start through multiprocessing, not Popen
-    multiprocessing.context.SpawnProcess._Popen = staticmethod(
-        lambda process: refuse_processes(item.nodeid, popen)(None, [process.name])
-    )
+    multiprocessing.context.SpawnProcess._Popen = refuse_spawning(item.nodeid)
     try:
         return (yield)
     finally:

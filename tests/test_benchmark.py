@@ -4,11 +4,10 @@ compares, never over the committed bench/results.md."""
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
 
 
 def tables(markdown: str) -> dict[str, list[dict[str, str]]]:
