@@ -147,6 +147,18 @@ def quick_overrides(log_dir: Path) -> list[str]:
     ]
 
 
+# The tiny runs' default network: the article's AlexNet with a classifier 256 wide, not 2048,
+# 1.6 M parameters, not 14.6 M: a run trains and writes its checkpoints about 3 times faster.
+TINY_NET = "model.net.hidden=256"
+
+
+def with_tiny_net(overrides: list[str]) -> list[str]:
+    """OVERRIDES and ``TINY_NET`` where they keep the default network: a model or an experiment
+    they choose keeps its own."""
+    chosen = ("model=", "experiment=", "+experiment=", "model.net.hidden=")
+    return overrides if any(o.startswith(chosen) for o in overrides) else [*overrides, TINY_NET]
+
+
 # a run that needs epochs, not images: two training batches and one validation batch an epoch
 FEW_STEPS = ["+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"]
 
@@ -179,13 +191,15 @@ def train_config(tiny_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
 
     def make(*overrides: str, data: list[str] | None = None, name: str = "train") -> DictConfig:
         tiny = (data or micrograph_overrides(tiny_root)) + quick_overrides(tmp_path / "logs")
-        return compose_config(name, [*tiny, *overrides], tmp_path / f"run{next(runs)}")
+        return compose_config(
+            name, with_tiny_net([*tiny, *overrides]), tmp_path / f"run{next(runs)}"
+        )
 
     return make
 
 
 TRAINED = {
-    "alexnet_half": ["model=alexnet_half"],
+    "alexnet_half": ["model=alexnet_half", TINY_NET],
     "cnn4_mean_image": ["model=cnn4", "model.net.init=default", "data.input_scale=mean_image"],
 }
 
@@ -219,7 +233,7 @@ def resume_args(tiny_root: Path) -> list[str]:
     tiny = micrograph_overrides(tiny_root) + quick_overrides(Path("logs"))
     tiny = [o for o in tiny if not o.startswith(("data.batch_size", "data.num_workers"))]
     return [*tiny, "data.batch_size=4", "trainer.max_epochs=2", "trainer.deterministic=true",
-            "test=false", "seed=3"]  # fmt: skip
+            "test=false", "seed=3", TINY_NET]  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from src.data.datamodule import BadImagesError
 from src.eval import evaluate
 from src.predict import predict
 from src.train import train
-from tests.conftest import compose_config, quick_overrides
+from tests.conftest import compose_config, quick_overrides, with_tiny_net
 
 # the tiny tree's classes, renamed: a name with a space and a comma, as a spreadsheet has them
 NAMES = {"6.5": "coarse, 6.5", "13.0": "fine 13"}
@@ -39,10 +39,10 @@ def write_labels(root: Path, folder: Path, split_column: bool = True, extra: lis
 
 
 def csv_overrides(labels: Path, log_dir: Path) -> list[str]:
-    return [
+    return with_tiny_net([
         "data=csv", f"data.csv={labels}", "data.resize_size=72", "data.crop_size=64",
         f"data.cache_dir={labels.parent / 'cache'}", *quick_overrides(log_dir),
-    ]  # fmt: skip
+    ])  # fmt: skip
 
 
 @pytest.mark.parametrize("split_column", [True, False])

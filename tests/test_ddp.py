@@ -19,6 +19,7 @@ from tests.conftest import (
     quick_overrides,
     run_cli,
     scalars,
+    with_tiny_net,
 )
 
 
@@ -34,7 +35,7 @@ def odd_overrides(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     quick = [
         o for o in quick_overrides(tmp / "logs") if o.split(".")[0] not in ("trainer", "paths")
     ]
-    return imagefolder_overrides(root, tmp / "cache") + quick
+    return with_tiny_net(imagefolder_overrides(root, tmp / "cache") + quick)
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +137,8 @@ def test_ddp_command_line_relaunch_shares_one_run(tiny_overrides, tmp_path):
     """Outside a multirun, Lightning's ddp restarts the command for rank 1 in the same folder."""
     result = run_cli(
         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-        "trainer.sync_batchnorm=false", "debug=fdr", "test=false", *tiny_overrides, cwd=tmp_path,
+        "trainer.sync_batchnorm=false", "debug=fdr", "test=false", *with_tiny_net(tiny_overrides),
+        cwd=tmp_path,
     )  # fmt: skip
     (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
     assert result.stdout.count("best val/acc") == 1

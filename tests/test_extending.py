@@ -19,6 +19,7 @@ from tests.conftest import (
     micrograph_overrides,
     quick_overrides,
     run_cli,
+    with_tiny_net,
 )
 
 PAGE = (ROOT / "docs" / "extending.md").read_text()
@@ -68,7 +69,7 @@ def fork(tmp_path, monkeypatch):
 
 def trained(overrides: list[str], run: Path) -> Path:
     """The last checkpoint of a run with these overrides."""
-    cfg = compose_config("train", overrides, run)
+    cfg = compose_config("train", with_tiny_net(overrides), run)
     train(cfg)
     return Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
 
@@ -118,8 +119,8 @@ def test_a_data_set(fork, tiny_root, tmp_path):
     for backend in ("cache", "pil"):
         run = tmp_path / backend
         cfg = compose_config(
-            "train", [*command, *sizes, f"data.backend={backend}",
-                      *quick_overrides(tmp_path / "logs")], run,
+            "train", with_tiny_net([*command, *sizes, f"data.backend={backend}",
+                                    *quick_overrides(tmp_path / "logs")]), run,
         )  # fmt: skip
         metrics = train(cfg)
         assert 0 <= metrics["test/acc"] <= 1
@@ -140,7 +141,7 @@ def test_an_experiment_with_its_sweep_report(fork, tiny_root, tmp_path):
     tiny = [o for o in micrograph_overrides(tiny_root) if "size" not in o]
     tiny += ["data.resize_size=72", "data.crop_size=64", "hydra.sweeper.params.seed=0"]
     tiny += [o for o in quick_overrides(tmp_path / "logs") if not o.startswith("trainer.max")]
-    run_cli(*command, *tiny, "trainer.max_epochs=1", cwd=tmp_path,
+    run_cli(*with_tiny_net([*command, *tiny]), "trainer.max_epochs=1", cwd=tmp_path,
             env={"PYTHONPATH": f"{ROOT}:{tmp_path / 'fork'}"})  # fmt: skip
     (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
     assert sorted(p.parent.name for p in sweep.glob("*/seed0")) == ["lr0.003", "lr0.01"]

@@ -18,7 +18,7 @@ def test_nearest_neighbours_are_sorted_by_distance():
 
 
 @pytest.mark.parametrize(
-    ("kind", "feature_size"), [("cnn4_mean_image", 64 * 4 * 4), ("alexnet_half", 2048)]
+    ("kind", "feature_size"), [("cnn4_mean_image", 64 * 4 * 4), ("alexnet_half", 256)]
 )
 def test_eval_writes_figure4(kind, feature_size, trained, tmp_path):
     ckpt = trained(kind)

@@ -18,6 +18,7 @@ from tests.conftest import (
     micrograph_overrides,
     quick_overrides,
     run_cli,
+    with_tiny_net,
 )
 
 SEARCHED = {
@@ -41,7 +42,7 @@ def test_optuna_search_saves_the_best_parameters_and_continues_from_its_database
     db = f"sqlite:///{tmp_path / 'optuna.db'}"
     args = ["hparams_search=optuna", f"hydra.sweeper.storage={db}", "hydra.sweeper.study_name=t",
             "data.batch_size=choice(4,8)", "debug=fdr", "test=false",
-            *without(tiny_overrides, "data.batch_size")]  # fmt: skip
+            *without(with_tiny_net(tiny_overrides), "data.batch_size")]  # fmt: skip
     result = run_cli(*args, "hydra.sweeper.n_trials=2", cwd=tmp_path)
     out = result.stdout + result.stderr
     # a trial whose return value is not a float is logged as failed, not raised
@@ -92,7 +93,8 @@ def test_parallel_launcher_runs_two_jobs_at_once(tiny_overrides, tmp_path):
     # with a data loader worker: processes started from inside a joblib worker
     result = run_cli(
         "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "trainer=cpu,ddp_sim",
-        "debug=fdr", "test=false", *tiny_overrides, "data.num_workers=1", cwd=tmp_path,
+        "debug=fdr", "test=false", *with_tiny_net(tiny_overrides), "data.num_workers=1",
+        cwd=tmp_path,
     )  # fmt: skip
     assert "Joblib.Parallel(n_jobs=2" in result.stdout
     jobs = job_dirs(tmp_path / "logs")

@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from src.train import train
 from src.utils import instantiate_all
-from tests.conftest import compose_config, micrograph_overrides, quick_overrides
+from tests.conftest import compose_config, micrograph_overrides, quick_overrides, with_tiny_net
 
 HPARAM_METRICS = ["val/acc_best", "val/acc", "val/loss", "train/loss", "test/acc"]
 
@@ -39,7 +39,7 @@ def run(tmp_path_factory, tiny_root) -> tuple[Path, dict[str, float]]:
     overrides = micrograph_overrides(tiny_root) + quick_overrides(tmp / "logs")
     overrides += ["trainer.max_epochs=2", "callbacks.first_layer_filters.every_n_epochs=1"]
     overrides += ["trainer.log_every_n_steps=2"]
-    cfg = compose_config("train", overrides, tmp / "run")
+    cfg = compose_config("train", with_tiny_net(overrides), tmp / "run")
     return Path(cfg.paths.output_dir), train(cfg)
 
 

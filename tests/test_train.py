@@ -21,6 +21,7 @@ from tests.conftest import (
     quick_overrides,
     run_cli,
     scalars,
+    with_tiny_net,
 )
 
 
@@ -38,7 +39,7 @@ def default_run(tmp_path_factory, tiny_root):
     tests below."""
     tmp = tmp_path_factory.mktemp("default_run")
     overrides = micrograph_overrides(tiny_root) + quick_overrides(tmp / "logs")
-    overrides.append("trainer.max_epochs=2")
+    overrides = with_tiny_net([*overrides, "trainer.max_epochs=2"])
     cfg = compose_config("train", overrides, tmp / "run")
     return cfg, train(cfg), overrides
 
@@ -185,7 +186,7 @@ def test_predict_needs_a_real_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_command_line_run_writes_a_run_directory(tiny_overrides, tmp_path):
     """The real entry point: Hydra's own run directory, config and logs."""
-    result = run_cli("debug=limit", *tiny_overrides, cwd=tmp_path)
+    result = run_cli("debug=limit", *with_tiny_net(tiny_overrides), cwd=tmp_path)
     (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
     assert (run / ".hydra" / "config.yaml").is_file()
     assert (run / "class_indices.json").is_file()
