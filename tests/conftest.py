@@ -134,8 +134,18 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_micrographs(tmp_path_factory.mktemp("data") / "micrographs", seed=0, **TINY_DATA)
 
 
-def quick_overrides(log_dir: Path) -> list[str]:
-    """What every tiny run sets, whatever its data: small batches, one CPU epoch, quiet."""
+# TensorBoard's images (the first batch, conv1's filters, the confusion matrix) take half a tiny
+# run's time: left out unless the test looks at them
+NO_IMAGES = [
+    "callbacks.training_samples=null",
+    "callbacks.first_layer_filters=null",
+    "callbacks.confusion_matrix=null",
+]
+
+
+def quick_overrides(log_dir: Path, images: bool = False) -> list[str]:
+    """What every tiny run sets, whatever its data: small batches, one CPU epoch, quiet, and
+    TensorBoard's images only with ``images``."""
     return [
         "data.batch_size=8",
         "data.num_workers=0",
@@ -144,6 +154,7 @@ def quick_overrides(log_dir: Path) -> list[str]:
         "callbacks.progress_bar=null",
         "callbacks.model_summary=null",
         f"paths.log_dir={log_dir}",
+        *([] if images else NO_IMAGES),
     ]
 
 
@@ -189,8 +200,12 @@ def train_config(tiny_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
     ``data`` replaces the tiny micrograph overrides (e.g. with ``imagefolder_overrides``)."""
     runs = iter(range(100))
 
-    def make(*overrides: str, data: list[str] | None = None, name: str = "train") -> DictConfig:
-        tiny = (data or micrograph_overrides(tiny_root)) + quick_overrides(tmp_path / "logs")
+    def make(
+        *overrides: str, data: list[str] | None = None, name: str = "train", images: bool = False
+    ) -> DictConfig:
+        tiny = (data or micrograph_overrides(tiny_root)) + quick_overrides(
+            tmp_path / "logs", images
+        )
         return compose_config(
             name, with_tiny_net([*tiny, *overrides]), tmp_path / f"run{next(runs)}"
         )

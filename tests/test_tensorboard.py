@@ -36,7 +36,7 @@ def image(event) -> np.ndarray:
 def run(tmp_path_factory, tiny_root) -> tuple[Path, dict[str, float]]:
     """Two epochs on the tiny tree with every callback on, filters after each epoch."""
     tmp = tmp_path_factory.mktemp("tensorboard")
-    overrides = micrograph_overrides(tiny_root) + quick_overrides(tmp / "logs")
+    overrides = micrograph_overrides(tiny_root) + quick_overrides(tmp / "logs", images=True)
     overrides += ["trainer.max_epochs=2", "callbacks.first_layer_filters.every_n_epochs=1"]
     overrides += ["trainer.log_every_n_steps=2"]
     cfg = compose_config("train", with_tiny_net(overrides), tmp / "run")
@@ -65,12 +65,13 @@ def test_run_logs_samples_filters_confusion_and_speed(run):
 
 
 def test_callbacks_switch_off_and_need_tensorboard(train_config):
-    cfg = train_config("callbacks.training_samples=null", "callbacks.confusion_matrix=null")
+    off = ["callbacks.training_samples=null", "callbacks.confusion_matrix=null"]
+    cfg = train_config(*off, images=True)
     names = {type(c).__name__ for c in instantiate_all(cfg.callbacks)}
     assert "TrainingSamples" not in names and "ValidationConfusionMatrix" not in names
     assert {"FirstLayerFilters", "Throughput", "HyperparametersWithMetrics"} <= names
     # with the CSV logger only, the image callbacks stay quiet and training runs
-    cfg = train_config("logger=csv", "+trainer.limit_train_batches=1", "test=false")
+    cfg = train_config("logger=csv", "+trainer.limit_train_batches=1", "test=false", images=True)
     assert "val/acc" in train(cfg)
     assert not list(Path(cfg.paths.output_dir).rglob("events.out.tfevents.*"))
 
@@ -85,7 +86,7 @@ def test_alexnet_filters_show_the_two_towers_as_two_blocks(train_config):
     ]
     bands = {}
     for model in ("alexnet", "alexnet_half"):
-        cfg = train_config(f"model={model}", *quick, *no_checkpoints)
+        cfg = train_config(f"model={model}", *quick, *no_checkpoints, images=True)
         train(cfg)
         (first,) = events(Path(cfg.paths.output_dir)).Images("filters/conv1")
         pixels = image(first)

@@ -82,7 +82,7 @@ def sweep(tiny_root, tmp_path_factory) -> tuple[Path, list[str], subprocess.Comp
     new MLflow store: the setting that races to create its tables and experiment."""
     cwd = tmp_path_factory.mktemp("trackers")
     log_dir = cwd / "logs"
-    overrides = micrograph_overrides(tiny_root) + quick_overrides(log_dir)
+    overrides = micrograph_overrides(tiny_root) + quick_overrides(log_dir, images=True)
     overrides += ["logger=many", "model=cnn4", "test=false"]
     result = run_cli("-m", *overrides, "hydra/launcher=parallel", "seed=1,2", cwd=cwd)
     return log_dir, overrides, result
