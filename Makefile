@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 MLFLOW_UI := .venv-mlflow
 PYTHON ?= python3
 
-.PHONY: install constraints train test test-all coverage tensorboard mlflow lint format bench soak clean
+.PHONY: install constraints train test test-all coverage docs tensorboard mlflow lint format bench soak clean
 
 # the versions CI installs and tests (constraints.txt); make constraints regenerates the file
 $(BIN)/.installed: pyproject.toml constraints.txt
@@ -32,6 +32,11 @@ test-all: install
 ## processes they start included)
 coverage: install
 	$(BIN)/python -m pytest -m "not slow" --cov --cov-report=term-missing:skip-covered $(ARGS)
+
+## every marked table of the README, docs/ and bench/, rendered from its results file
+## (docs/results/NAME.json, written by the command that measured it)
+docs: install
+	$(BIN)/python -m src.experiments.results
 
 tensorboard: install
 	$(BIN)/tensorboard --logdir logs

@@ -54,7 +54,9 @@ from bench.predict_speed import predict_vs_eval
 from src.callbacks import StepClock
 from src.data.batch_transform import IMAGENET_MEAN, IMAGENET_STD
 from src.data.folders import ImageFolderDataModule
+from src.experiments.results import RESULTS_DIR, write_results
 from src.utils import instantiate_all
+from src.utils.provenance import provenance, this_command
 
 log = logging.getLogger(__name__)
 
@@ -462,8 +464,13 @@ def main() -> None:
     parser.add_argument("--preset-steps", type=int, default=3)
     parser.add_argument("--time-to-accuracy", action="store_true")
     parser.add_argument("--target", type=float, default=0.5)
+    parser.add_argument(
+        "--results-dir", type=Path, default=RESULTS_DIR,
+        help="where the input path's table is written (bench_input_path.json, docs/speed.md's)",
+    )  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    where = provenance(this_command(), {"images": args.images, "generator": "bench/jpegs.py"})
     args.work_dir.mkdir(parents=True, exist_ok=True)
     start, start_load = time.perf_counter(), load_average()
     work, reps = args.work_dir, args.reps
@@ -495,6 +502,9 @@ def main() -> None:
         text += ["", f"## {title}", "", *lines]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(text) + "\n")
+    if not args.time_to_accuracy:
+        table = "\n".join(sections["1. Input path"])
+        write_results("bench_input_path", table, where, directory=args.results_dir)
     log.info("\n".join(text))
     log.info("written to %s", out)
 

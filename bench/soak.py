@@ -21,6 +21,8 @@ import torch
 from PIL import Image
 
 from src.data.images import find_bad_images, image_files
+from src.experiments.results import RESULTS_DIR, write_results
+from src.utils.provenance import provenance, this_command
 
 log = logging.getLogger(__name__)
 CLASSES = 14
@@ -64,8 +66,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", default="bench/soak.md")
+    parser.add_argument(
+        "--results-dir", type=Path, default=RESULTS_DIR, help="where soak.json is written"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    where = provenance(this_command(), {"images": args.images, "generator": "bench/jpegs.py"})
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -114,6 +120,9 @@ def main() -> None:
         lines.append("| " + " | ".join(cells) + " |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
+    write_results(
+        "soak", "\n".join(lines[lines.index("") + 1 :]), where, directory=args.results_dir
+    )
     log.info("\n".join(lines))
 
 

@@ -1,6 +1,7 @@
 """``make bench`` at a tiny size: every table it writes holds a measurement for each thing it
 compares, never over the committed bench/results.md."""
 
+import json
 import re
 import subprocess
 import sys
@@ -33,10 +34,14 @@ def test_bench_measures_every_path_loop_and_preset(tmp_path):
     out = tmp_path / "results.md"
     result = subprocess.run(
         [sys.executable, "-m", "bench.benchmark", f"--out={out}", f"--work-dir={tmp_path}",
-         "--images=28", "--reps=1", "--steps=4", "--preset-steps=1"],
+         "--images=28", "--reps=1", "--steps=4", "--preset-steps=1",
+         f"--results-dir={tmp_path / 'results'}"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    # the input path's table, with where it was measured, for docs/speed.md
+    record = json.loads((tmp_path / "results" / "bench_input_path.json").read_text())
+    assert "--images=28" in record["provenance"]["command"] and "| pipeline" in record["table"]
     found = tables(out.read_text())
     assert len(found) == 6, list(found)
     paths = found["1. Input path"]

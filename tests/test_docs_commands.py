@@ -13,6 +13,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ValueType
 from omegaconf import OmegaConf
 
+from src.experiments import results
 from tests.conftest import CONF_DIR, ROOT, compose
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -76,6 +77,9 @@ def composed_jobs(command: str) -> int:
     assert importlib.util.find_spec(module), f"no module {module}"
     if module == "src.experiments.report":
         return 1  # not a Hydra command line: a sweep folder
+    if module == "src.experiments.results":
+        results.parse(words[3:])  # argparse's: exits where it refuses them
+        return 1
     name = {"src.train": "train", "src.eval": "eval", "src.predict": "predict",
             "src.export": "export"}[module]  # fmt: skip
     # a placeholder standing for several overrides (<the run's overrides>) is left out

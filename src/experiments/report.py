@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from src.experiments.runs import Job, load_jobs, swept_keys
 from src.utils.io import atomic_write
+from src.utils.provenance import provenance, this_command, tree_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,19 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def data_fingerprint(job: Job) -> dict[str, Any]:
+    """What identifies a sweep's data: its module, root, cache format and files."""
+    from src.data.cache import CACHE_VERSION
+
+    root = job.select("data.root")
+    return {
+        "datamodule": job.select("data._target_"),
+        "root": root,
+        "cache_format": CACHE_VERSION,
+        "files_sha256": tree_fingerprint(root) if root else None,
+    }
+
+
 def report(
     sweep_dir: str | Path,
     title: str = "Sweep results",
@@ -198,9 +212,11 @@ def report(
     suffixes: dict[str, str] | None = None,
     columns: Sequence[str] | None = None,
     seconds: float | None = None,
+    where: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Read the sweep in ``sweep_dir``, write results.md and results.json there, return the
-    summary (also with the sweep's wall time, when known)."""
+    summary (also with the sweep's wall time, when known, and ``where`` it ran: its
+    provenance, this command's where not given)."""
     sweep_dir = Path(sweep_dir)
     jobs = load_jobs(sweep_dir)
     if not jobs:
@@ -208,6 +224,9 @@ def report(
     summary = {"title": title, "claim": claim, "sweep_dir": str(sweep_dir), "suffixes": suffixes}
     summary |= summarise(jobs, metric, suffixes, columns=columns)
     summary["wall_seconds"] = seconds
+    summary["provenance"] = (where or provenance(this_command())) | {
+        "data": data_fingerprint(jobs[0])
+    }
     text = [f"# {title}", ""]
     if claim:
         text += [f"The paper: {claim}", ""]
@@ -246,16 +265,19 @@ class SweepReport(HydraCallback):
         self.suffixes = dict(suffixes) if suffixes else None
         self.columns = list(columns) if columns else None
         self.start = time.perf_counter()
+        self.where: dict[str, Any] | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.start = time.perf_counter()
+        self.where = provenance(this_command())  # the code and time the sweep started with
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         seconds = time.perf_counter() - self.start
         summary = report(
-            sweep_dir, self.title, self.claim, self.metric, self.suffixes, self.columns, seconds
-        )
+            sweep_dir, self.title, self.claim, self.metric, self.suffixes, self.columns, seconds,
+            self.where,
+        )  # fmt: skip
         log_to_sweep(
             sweep_dir,
             "%s\n%s\nresults  %s, %s\ncurves   tensorboard --logdir %s",
@@ -271,7 +293,9 @@ def main(folders: Sequence[str]) -> None:
         earlier = Path(folder) / "results.json"
         options = json.loads(earlier.read_text()) if earlier.is_file() else {}
         keep = ("title", "claim", "metric", "suffixes", "columns")
-        summary = report(folder, **{k: options[k] for k in keep if options.get(k)})
+        # the sweep's own provenance where its report recorded one, else this command's
+        where = options.get("provenance")
+        summary = report(folder, **{k: options[k] for k in keep if options.get(k)}, where=where)
         log.info("%s", table(summary))
 
 
