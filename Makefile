@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 MLFLOW_UI := .venv-mlflow
 PYTHON ?= python3
 
-.PHONY: install constraints train test test-all coverage docs tensorboard mlflow lint format bench soak clean
+.PHONY: install constraints train test test-all coverage docs reproduce tensorboard mlflow lint format bench soak clean
 
 # the versions CI installs and tests (constraints.txt); make constraints regenerates the file
 $(BIN)/.installed: pyproject.toml constraints.txt
@@ -32,6 +32,11 @@ test-all: install
 ## processes they start included)
 coverage: install
 	$(BIN)/python -m pytest -m "not slow" --cov --cov-report=term-missing:skip-covered $(ARGS)
+
+## every claim re-measured on the committed code, each into its results file, then the pages
+## rendered (hours on a 2-core CPU; resumable: ONLY=default_run,ablate_tta for some)
+reproduce: install
+	$(BIN)/python -m src.experiments.reproduce --only "$(ONLY)"
 
 ## every marked table of the README, docs/ and bench/, rendered from its results file
 ## (docs/results/NAME.json, written by the command that measured it)

@@ -137,3 +137,21 @@ def test_a_sweeps_report_records_its_provenance_and_publishes(tmp_path, monkeypa
 def test_make_docs_renders_every_page():
     assert "python -m src.experiments.results" in (ROOT / "Makefile").read_text()
     assert results.main(["--check"]) == 0
+
+
+def test_reproduce_skips_what_was_measured_on_this_code_and_refuses_unknown_claims(
+    tmp_path, monkeypatch
+):
+    from src.experiments import reproduce
+    from src.utils.provenance import git
+
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(reproduce, "RESULTS_DIR", tmp_path)
+    assert not reproduce.measured_on_this_code("default_run")  # no file yet
+    head = git("rev-parse", "--short=7", "HEAD")
+    for commit, current in ((head, True), ("0eec2b1", False)):  # 0eec2b1: older src/
+        where = provenance("python -m src.train") | {"commit": commit}
+        write_results("default_run", "| a |\n|---|\n| 1 |", where, directory=tmp_path)
+        assert reproduce.measured_on_this_code("default_run") == current
+    with pytest.raises(SystemExit, match="ablate_nothing: not a claim"):
+        reproduce.main(["--only", "ablate_nothing"])
