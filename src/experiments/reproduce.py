@@ -24,7 +24,7 @@ from pathlib import Path
 
 from src.experiments.results import RESULTS_DIR, publish, read_results, render_pages, write_results
 from src.experiments.runs import load_jobs
-from src.utils.provenance import ROOT, git, provenance, tree_fingerprint
+from src.utils.provenance import ROOT, code_changes, git, provenance, tree_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def default_run(folder: Path) -> None:
     where = provenance("python " + " ".join(command[:2]))
     seconds = run(command)
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
-    (job,) = load_jobs(folder)
+    (job,) = load_jobs(ROOT / folder)
     curve = job.curves["val/acc"]
     best = max(range(len(curve)), key=curve.__getitem__)
     root = job.select("data.root")
@@ -90,7 +90,7 @@ def default_run(folder: Path) -> None:
 def sweep(name: str, folder: Path) -> None:
     """The claim's experiment into FOLDER; its report, with the sweep's provenance, published."""
     run(["-m", "src.train", f"experiment={SWEEPS[name]}", f"hydra.sweep.dir={folder}"])
-    publish(folder, name)
+    publish(ROOT / folder, name)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,14 +101,18 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(only) - set(CLAIMS))
     if unknown:
         raise SystemExit(f"--only {','.join(unknown)}: not a claim; the claims: {CLAIMS}")
-    if git("status", "--porcelain", "--untracked-files=no"):
-        raise SystemExit("Commit first: each results file records the commit it measured")
+    if code_changes():
+        raise SystemExit(
+            "Commit the code first: each results file records the commit it measured\n"
+            + code_changes()
+        )
     commit = git("rev-parse", "--short=7", "HEAD")
     for name in only:
         if measured_on_this_code(name):
             log.info("%s: measured on this code already, skipped", name)
             continue
-        folder = ROOT / "logs" / "reproduce" / f"{commit}-{name}-{time.strftime('%H%M%S')}"
+        # relative to the checkout, where the commands run: the results files name it
+        folder = Path("logs") / "reproduce" / f"{commit}-{name}-{time.strftime('%H%M%S')}"
         log.info("%s: measuring into %s", name, folder)
         default_run(folder) if name == "default_run" else sweep(name, folder)
         for page in render_pages():  # after each claim: a stop keeps every page current

@@ -144,7 +144,13 @@ def publish(sweep_dir: str | Path, name: str) -> Path:
             f"{summary_path} records no provenance (a report older than results files): table "
             f"the sweep again with python -m src.experiments.report {sweep_dir}"
         )
-    return write_results(name, table(summary), summary["provenance"], summary)
+    text = table(summary)
+    if summary.get("wall_seconds"):
+        jobs = sum(len(row["seeds"]) for row in summary["variants"])
+        text += (
+            f"\n\nWall time of the sweep: {summary['wall_seconds'] / 60:.1f} min for {jobs} jobs."
+        )
+    return write_results(name, text, summary["provenance"], summary)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -81,10 +81,16 @@ def tree_fingerprint(root: str | Path) -> str | None:
     return digest.hexdigest()
 
 
+def code_changes() -> str | None:
+    """The checkout's uncommitted changes to tracked files, the pages and results files a
+    measurement writes left out (docs/, markdown); None outside a checkout."""
+    return git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs", ":!*.md")
+
+
 def provenance(command: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a results file records of its measurement (``data``: what identifies the data, e.g.
     its cache format and ``tree_fingerprint``)."""
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = code_changes()
     return {
         "command": command,
         "commit": git("rev-parse", "--short=7", "HEAD"),
