@@ -29,6 +29,8 @@ from bench.jpegs import make_jpeg_tree
 from src.data.cache import CachedImages, ensure_cache
 from src.data.imagenet import ImageNetDataModule
 from src.data.images import ImageSet
+from src.experiments.results import write_results
+from src.utils.provenance import provenance, this_command
 
 log = logging.getLogger(__name__)
 RESULTS = Path(__file__).with_name("imagenet_build.md")
@@ -157,8 +159,10 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     log.setLevel(logging.INFO)
+    where = provenance(this_command(), {"images": args.count, "generator": "bench/jpegs.py"})
     with tempfile.TemporaryDirectory() as work:
         table = build_rates(Path(work), args.count, args.rounds)
+    write_results("imagenet_build", table, where)
     RESULTS.write_text(
         "# ImageNet's cache build\n\n`python -m bench.imagenet_build` on this project's 2-core "
         f"CPU:\n\n{table}\n"

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import torch
 
+from src.experiments.results import write_results
 from src.utils.io import load_checkpoint
+from src.utils.provenance import provenance, this_command
 
 log = logging.getLogger(__name__)
 RESULTS = Path(__file__).with_name("preemption.md")
@@ -101,8 +103,10 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     log.setLevel(logging.INFO)
+    where = provenance(this_command(), {"data": "the built-in micrographs (data/micrographs)"})
     with tempfile.TemporaryDirectory() as work:
         table = measure(Path(work), args.epochs, args.after)
+    write_results("preemption", table, where)
     RESULTS.write_text(
         f"# A stop and a resume\n\n`python -m bench.preemption --epochs {args.epochs}` on this "
         f"project's 2-core CPU:\n\n{table}\n"

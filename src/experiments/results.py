@@ -146,7 +146,7 @@ def publish(sweep_dir: str | Path, name: str) -> Path:
         )
     text = table(summary)
     if summary.get("wall_seconds"):
-        jobs = sum(len(row["seeds"]) for row in summary["variants"])
+        jobs = len({job for row in summary["variants"] for job in row["jobs"]})
         text += (
             f"\n\nWall time of the sweep: {summary['wall_seconds'] / 60:.1f} min for {jobs} jobs."
         )
