@@ -56,6 +56,7 @@ from src.data.batch_transform import IMAGENET_MEAN, IMAGENET_STD
 from src.data.folders import ImageFolderDataModule
 from src.experiments.results import RESULTS_DIR, write_results
 from src.utils import instantiate_all
+from src.utils.provenance import machine as provenance_machine
 from src.utils.provenance import provenance, this_command
 
 log = logging.getLogger(__name__)
@@ -422,19 +423,12 @@ def presets(size: int, batch: int, steps: int) -> list[str]:
 
 
 def machine() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [
-        line.split(":", 1)[1].strip()
-        for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
-        if line.startswith("model name")
-    ]
-    cpu = names[0] if names else platform.processor() or platform.machine()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    """The tables' machine line: provenance's machine, with torch's threads and versions."""
+    found = provenance_machine()
     return (
-        f"{cpu}, {cores} cores, {torch.get_num_threads()} torch threads, GPU: {gpu}; "
-        f"Python {platform.python_version()}, torch {torch.__version__}, "
-        f"Lightning {L.__version__}, {platform.system()} {platform.release()}"
+        f"{found['cpu']}, {found['cores']} cores, {torch.get_num_threads()} torch threads, "
+        f"GPU: {found['gpu'] or 'none'}; Python {platform.python_version()}, "
+        f"torch {torch.__version__}, Lightning {L.__version__}, {found['os']}"
     )
 
 
